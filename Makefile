@@ -1,0 +1,41 @@
+# Thinkgate: the two commands a newcomer needs are `make serve` and `make test`.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.thinkgate-installed
+
+.PHONY: install serve test test-fast lint model eval bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml scripts/install.sh
+	@bash scripts/install.sh
+	@touch $@
+
+serve: install
+	$(VENV)/bin/thinkgate serve $(ARGS)
+
+test: install
+	@bash scripts/system-deps.sh
+	$(VENV)/bin/pytest $(ARGS)
+
+# Unit tests only: no engine, no browser, no PostgreSQL.
+test-fast: install
+	$(VENV)/bin/pytest -m "not engine and not browser and not postgres" $(ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check app tests training bench
+	$(VENV)/bin/ruff format --check app tests training bench
+	$(VENV)/bin/mypy
+
+# Rebuild the bundled model from nothing (ARGS=--quick for the few-minute pipeline check).
+model: install
+	$(PY) -m training.build $(ARGS)
+
+eval: install
+	$(PY) -m training.evaluate $(ARGS)
+
+bench: install
+	$(PY) -m bench.run $(ARGS)
+
+clean:
+	rm -rf $(VENV) data .pytest_cache

@@ -1,0 +1,333 @@
+"""`POST /v1/chat/completions`: prepare → admit → reserve → run on the engine → settle.
+
+Every request that passes authentication and body validation ends in exactly one usage record:
+refused ones as `rejected`, the rest settled by `finish`, which runs whatever happens to the client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+import orjson
+from fastapi import APIRouter, Header
+
+from app.api.deps import CurrentPrincipal, GatewayDep
+from app.api.protocol import ChatCompletionRequest
+from app.api.responses import DeferredJSONResponse, SSEResponse
+from app.chat import PreparedChat, new_request_id, prepare_chat
+from app.errors import APIError, IdempotencyConflict, UpstreamError
+from app.gateway import Gateway
+from app.keys import Principal
+from app.metering.ledger import OpenRequest, Outcome
+from app.metering.prices import cost_micros, format_usd, to_usd, worst_case_micros
+from app.relay import ChatRun, EngineFailure
+
+router = APIRouter()
+
+CHECKPOINT_EVERY_S = 2.0
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"description": text, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}}
+    for status, text in [
+        (400, "Invalid request (the field is named in error.param)"),
+        (401, "Missing or wrong API key"),
+        (403, "The key may not use this mode or effort"),
+        (404, "Unknown model"),
+        (409, "A request with this Idempotency-Key is still running"),
+        (413, "Body or image too large"),
+        (429, "Budget exhausted (insufficient_quota) or rate limit (rate_limit_exceeded)"),
+        (502, "The engine failed"),
+        (503, "No engine available (see Retry-After)"),
+    ]
+}  # fmt: skip
+
+
+@router.post(
+    "/v1/chat/completions",
+    response_model=None,
+    responses={200: {"description": "A chat.completion object, or an SSE stream of chat.completion.chunk"},
+               **ERROR_RESPONSES},
+    summary="Create a chat completion (long-CoT or short-CoT)",
+)
+async def create_chat_completion(
+    body: ChatCompletionRequest,
+    principal: CurrentPrincipal,
+    gateway: GatewayDep,
+    idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
+) -> Any:
+    return await Completion(gateway, principal, body, idempotency_key).respond()
+
+
+def _affinity(principal: Principal, request: ChatCompletionRequest) -> str:
+    """Same key and same opening of the conversation → same replica (its prefix cache)."""
+    head = [m.model_dump_json(include={"role", "content"}) for m in request.messages[:2]]
+    return hashlib.blake2b("|".join([principal.key_id, *head]).encode(), digest_size=8).hexdigest()
+
+
+class Completion:
+    """One request's way through the gateway."""
+
+    def __init__(self, gateway: Gateway, principal: Principal, request: ChatCompletionRequest,
+                 idempotency_key: str | None) -> None:
+        self.gateway = gateway
+        self.principal = principal
+        self.request = request
+        self.idempotency_key = idempotency_key
+        self.request_id = new_request_id()
+        self.prepared: PreparedChat | None = None
+        self.handle: OpenRequest | None = None
+        self.run: ChatRun | None = None
+        self.window: int | None = None
+        self.status = "engine_error"
+        self.error: str | None = None
+        self._last_checkpoint = time.monotonic()
+        self._background: set[asyncio.Task[None]] = set()
+
+    async def _reject(self, error: APIError, mode: str = "-") -> None:
+        if self.gateway.settings.metering:
+            await self.gateway.ledger.reject(
+                self.principal, request_id=self.request_id, model=self.request.model, mode=mode,
+                reason=f"{error.code or error.type}: {error.message}"[:500],
+            )
+        self.gateway.metrics.requests.labels(self.request.model, mode, "rejected").inc()
+
+    async def respond(self) -> Any:
+        gateway = self.gateway
+        metering = gateway.settings.metering
+        if self.idempotency_key and metering:
+            try:
+                replay = await gateway.ledger.replay(self.principal, self.idempotency_key)
+            except IdempotencyConflict as error:
+                await self._reject(error)
+                raise
+            if replay is not None:
+                return _replay_response(replay, self.request.stream)
+        try:
+            prepared = self.prepared = await prepare_chat(
+                self.request, self.principal, gateway.profiles, gateway.media, gateway.client
+            )
+            decision = prepared.decision
+            token_bound = prepared.prompt_bound + prepared.output_bound
+            if metering:
+                self.window = await gateway.limiter.admit(self.principal, token_bound)
+        except APIError as error:
+            await self._reject(error, self.prepared.decision.mode if self.prepared else "-")
+            raise
+        gateway.metrics.mode_decisions.labels(decision.mode, decision.source).inc()
+        prices = prepared.profile.prices[decision.mode]
+        try:
+            self.handle = None if not metering else await gateway.ledger.open(
+                self.principal,
+                request_id=prepared.request_id,
+                model=prepared.model,
+                mode=decision.mode,
+                mode_source=decision.source,
+                effort=decision.effort,
+                reserve_micros=worst_case_micros(prices, prepared.prompt_bound, prepared.output_bound),
+                idempotency_key=self.idempotency_key,
+            )
+        except APIError as error:
+            await gateway.limiter.correct(self.principal, self.window, token_bound, 0)
+            if isinstance(error, IdempotencyConflict):
+                await self._reject(error, decision.mode)  # budget refusals are recorded by `open` itself
+            else:
+                gateway.metrics.requests.labels(prepared.model, decision.mode, "rejected").inc()
+            raise
+        self.request_id = prepared.request_id
+        keep_text = not self.request.stream or self.idempotency_key is not None
+        self.run = ChatRun(prepared, gateway.pool, gateway.client,
+                           affinity=_affinity(self.principal, self.request) if gateway.settings.affinity else None,
+                           keep_text=keep_text)
+        gateway.metrics.in_flight.inc()
+        try:
+            await self.run.start()
+        except BaseException as error:
+            self.status = "rejected" if isinstance(error, APIError) and error.status < 500 else "engine_error"
+            self.error = str(error)[:500]
+            await self.finish(disconnected=False)
+            raise
+        headers = {"x-request-id": self.request_id, "x-reasoning-mode": decision.mode,
+                   "x-reasoning-mode-reason": decision.reason}
+        if self.request.stream:
+            return SSEResponse(self.frames(), self.finish, headers)
+        return DeferredJSONResponse(self.complete, self.finish)
+
+    # -- shared pieces ----------------------------------------------------------------------------
+
+    def _cost(self) -> int:
+        assert self.prepared is not None and self.run is not None
+        return cost_micros(self.prepared.profile.prices[self.prepared.decision.mode], self.run.counts)
+
+    def _usage(self) -> dict[str, Any]:
+        assert self.run is not None
+        counts = self.run.counts
+        return {
+            "prompt_tokens": counts.prompt,
+            "completion_tokens": counts.completion,
+            "total_tokens": counts.prompt + counts.completion,
+            "prompt_tokens_details": {"cached_tokens": counts.cached, "image_tokens": counts.image},
+            "completion_tokens_details": {"reasoning_tokens": counts.reasoning, "answer_tokens": counts.answer},
+            "cost": to_usd(self._cost()),
+        }
+
+    def _mode_fields(self) -> dict[str, str]:
+        assert self.prepared is not None
+        return {"reasoning_mode": self.prepared.decision.mode, "reasoning_mode_reason": self.prepared.decision.reason}
+
+    def _maybe_checkpoint(self) -> None:
+        now = time.monotonic()
+        if now - self._last_checkpoint < CHECKPOINT_EVERY_S or self.handle is None or self.run is None:
+            return
+        self._last_checkpoint = now
+        task = asyncio.create_task(self.gateway.ledger.checkpoint(self.handle, self.run.counts))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def _final_status(self) -> str:
+        assert self.run is not None
+        return "length" if self.run.finish_reason() == "length" else "completed"
+
+    # -- streaming --------------------------------------------------------------------------------
+
+    async def frames(self) -> AsyncIterator[bytes]:
+        assert self.run is not None and self.prepared is not None
+        request = self.request
+        options = request.stream_options
+        include_usage = bool(options and options.include_usage)
+        continuous = bool(options and options.continuous_usage_stats)
+        hide_reasoning = not self.prepared.decision.include_reasoning
+        fixed = {"id": self.request_id, "model": request.model, **self._mode_fields()}
+        try:
+            async for chunk in self.run.chunks():
+                chunk.update(fixed)
+                if hide_reasoning and not _strip_reasoning(chunk):
+                    continue
+                if continuous:
+                    chunk["usage"] = self._usage()
+                yield b"data: " + orjson.dumps(chunk) + b"\n\n"
+                self._maybe_checkpoint()
+            self.status = self._final_status()
+        except (EngineFailure, APIError) as error:
+            self.status, self.error = "engine_error", str(error)[:500]
+            failure = error if isinstance(error, APIError) else UpstreamError(f"The engine failed mid-stream: {error}")
+            yield b"data: " + orjson.dumps(failure.body()) + b"\n\n"
+        if include_usage:
+            final = {**fixed, "object": "chat.completion.chunk", "created": self.run.created, "choices": [],
+                     "usage": self._usage()}
+            yield b"data: " + orjson.dumps(final) + b"\n\n"
+        yield b"data: [DONE]\n\n"
+
+    # -- not streaming ----------------------------------------------------------------------------
+
+    def _completion_body(self) -> dict[str, Any]:
+        assert self.run is not None
+        hide = self.prepared is not None and not self.prepared.decision.include_reasoning
+        choices = []
+        for index, state in sorted(self.run.choices.items()):
+            reasoning = "".join(state.reasoning) or None
+            message: dict[str, Any] = {"role": "assistant", "content": "".join(state.content) or None}
+            if reasoning and not hide:
+                message["reasoning_content"] = message["reasoning"] = reasoning
+            if state.tool_calls:
+                message["tool_calls"] = [state.tool_calls[i] for i in sorted(state.tool_calls)]
+            choices.append({"index": index, "message": message, "finish_reason": state.finish_reason, "logprobs": None})
+        return {
+            "id": self.request_id,
+            "object": "chat.completion",
+            "created": self.run.created,
+            "model": self.request.model,
+            "choices": choices,
+            "usage": self._usage(),
+            **self._mode_fields(),
+        }
+
+    async def complete(self) -> tuple[int, bytes, dict[str, str]]:
+        assert self.run is not None and self.prepared is not None
+        headers = {"x-request-id": self.request_id, "x-reasoning-mode": self.prepared.decision.mode,
+                   "x-reasoning-mode-reason": self.prepared.decision.reason}
+        try:
+            async for _ in self.run.chunks():
+                self._maybe_checkpoint()
+            self.status = self._final_status()
+        except (EngineFailure, APIError) as error:
+            self.status, self.error = "engine_error", str(error)[:500]
+            failure = error if isinstance(error, APIError) else UpstreamError(f"The engine failed: {error}")
+            return failure.status, orjson.dumps(failure.body()), {**headers, **failure.headers}
+        headers["x-usage-cost"] = format_usd(self._cost())
+        return 200, orjson.dumps(self._completion_body()), headers
+
+    # -- the end, whatever happened -----------------------------------------------------------------
+
+    async def finish(self, disconnected: bool) -> None:
+        assert self.prepared is not None and self.run is not None
+        gateway, run, decision = self.gateway, self.run, self.prepared.decision
+        await run.close()
+        for task in list(self._background):
+            task.cancel()
+        if disconnected and self.status not in ("completed", "length"):
+            self.status, self.error = "aborted", "client disconnected"
+        counts = run.counts
+        cost = self._cost()
+        if self.handle is not None:
+            cost = min(cost, self.handle.reserved_micros)
+            stored = None
+            if self.idempotency_key and self.status in ("completed", "length"):
+                stored = orjson.dumps(self._completion_body()).decode()
+            await gateway.ledger.settle(
+                self.handle,
+                Outcome(status=self.status, counts=counts, cost_micros=cost,
+                        finish_reason=run.finish_reason(), error=self.error, ttft_ms=run.ttft_ms),
+                response_json=stored,
+            )
+            await gateway.limiter.correct(
+                self.principal, self.window, self.prepared.prompt_bound + self.prepared.output_bound,
+                counts.prompt + counts.completion,
+            )
+        metrics, model, mode = gateway.metrics, self.prepared.model, decision.mode
+        metrics.in_flight.dec()
+        metrics.requests.labels(model, mode, self.status).inc()
+        metrics.tokens.labels(model, mode, "prompt").inc(counts.prompt)
+        metrics.tokens.labels(model, mode, "reasoning").inc(counts.reasoning)
+        metrics.tokens.labels(model, mode, "answer").inc(counts.answer)
+        metrics.cost.labels(model, mode).inc(cost)
+        if run.ttft_ms is not None:
+            metrics.ttft.labels(model, mode).observe(run.ttft_ms / 1000)
+
+
+def _strip_reasoning(chunk: dict[str, Any]) -> bool:
+    """Remove reasoning from a chunk; False if nothing is left worth sending."""
+    keep = False
+    for choice in chunk.get("choices") or ():
+        delta = choice.get("delta") or {}
+        delta.pop("reasoning", None)
+        delta.pop("reasoning_content", None)
+        keep = keep or bool(delta.get("content") or delta.get("tool_calls") or delta.get("role")
+                            or choice.get("finish_reason"))
+    return keep
+
+
+def _replay_response(stored: dict[str, Any], stream: bool) -> Any:
+    """The completed response of an earlier request with the same Idempotency-Key, not billed again."""
+    from starlette.responses import Response, StreamingResponse
+
+    headers = {"idempotent-replayed": "true", "x-request-id": str(stored.get("id", ""))}
+    if not stream:
+        return Response(orjson.dumps(stored), media_type="application/json", headers=headers)
+
+    async def frames() -> AsyncIterator[bytes]:
+        fields = ("id", "created", "model", "reasoning_mode", "reasoning_mode_reason")
+        base: dict[str, Any] = {k: stored[k] for k in fields if k in stored}
+        for choice in stored.get("choices", []):
+            message = choice.get("message", {})
+            delta = {k: v for k, v in message.items() if v is not None}
+            out = {**base, "object": "chat.completion.chunk",
+                   "choices": [{"index": choice.get("index", 0), "delta": delta, "finish_reason": choice.get("finish_reason")}]}
+            yield b"data: " + orjson.dumps(out) + b"\n\n"
+        yield b"data: " + orjson.dumps({**base, "object": "chat.completion.chunk", "choices": [],
+                                        "usage": stored.get("usage")}) + b"\n\n"
+        yield b"data: [DONE]\n\n"
+
+    return StreamingResponse(frames(), media_type="text/event-stream", headers=headers)

@@ -1,0 +1,61 @@
+"""Request dependencies: the gateway object and the calling principal."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from app.errors import AuthenticationFailed, PermissionDenied
+from app.gateway import Gateway
+from app.keys import ADMIN, ANONYMOUS, Principal
+
+
+def get_gateway(request: Request) -> Gateway:
+    gateway: Gateway = request.app.state.gateway
+    return gateway
+
+
+GatewayDep = Annotated[Gateway, Depends(get_gateway)]
+
+
+def _bearer(request: Request) -> str | None:
+    header = request.headers.get("authorization")
+    if not header:
+        return None
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise AuthenticationFailed("The Authorization header must be 'Bearer <API key>'.")
+    return token.strip()
+
+
+async def get_principal(request: Request, gateway: GatewayDep) -> Principal:
+    secret = _bearer(request)
+    admin_key = gateway.settings.admin_key
+    if secret and admin_key and hmac.compare_digest(secret.encode(), admin_key.encode()):
+        return ADMIN
+    if secret is None:
+        if gateway.settings.no_auth:
+            return ANONYMOUS
+        raise AuthenticationFailed(
+            "No API key provided. Send 'Authorization: Bearer <key>'; create one with `thinkgate keys create`."
+        )
+    principal = await gateway.keys.authenticate(secret)
+    if principal is None:
+        if gateway.settings.no_auth:
+            return ANONYMOUS
+        raise AuthenticationFailed("Incorrect or revoked API key.")
+    return principal
+
+
+CurrentPrincipal = Annotated[Principal, Depends(get_principal)]
+
+
+async def get_admin(principal: CurrentPrincipal) -> Principal:
+    if not principal.is_admin:
+        raise PermissionDenied("This route needs the admin key.")
+    return principal
+
+
+AdminPrincipal = Annotated[Principal, Depends(get_admin)]

@@ -1,0 +1,112 @@
+"""ASGI responses that notice a client leaving, even while nothing is being sent.
+
+Starlette's StreamingResponse only notices a disconnect when a write fails, and leaves the body
+generator to the garbage collector. A reasoning model can think for minutes between writes, so
+these responses watch `http.disconnect` alongside the work and cancel it at once, then always run
+the `finish` callback (metering) to completion.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from typing import Any
+
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+Finish = Callable[[bool], Awaitable[None]]  # called with disconnected=True/False, exactly once
+
+
+async def _wait_disconnect(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _race(work: Coroutine[Any, Any, Any], receive: Receive) -> bool:
+    """Run `work` until it ends or the client leaves; True if the client left (work cancelled)."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_wait_disconnect(receive))
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+    if task.done():
+        task.result()  # re-raise the work's own error
+        return False
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, OSError):
+        await task
+    return True
+
+
+def _headers(headers: dict[str, str], content_type: bytes) -> list[tuple[bytes, bytes]]:
+    raw = [(b"content-type", content_type)]
+    raw.extend((name.lower().encode(), value.encode("latin-1")) for name, value in headers.items())
+    return raw
+
+
+class SSEResponse(Response):
+    """Server-sent events from an async iterator of ready-made frames."""
+
+    def __init__(self, frames: AsyncIterator[bytes], finish: Finish, headers: dict[str, str]) -> None:
+        self.background = None
+        self.frames = frames
+        self.finish = finish
+        self.extra_headers = headers
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        disconnected = True
+        try:
+            await send({
+                "type": "http.response.start",
+                "status": 200,
+                "headers": _headers({**self.extra_headers, "cache-control": "no-cache", "x-accel-buffering": "no"},
+                                    b"text/event-stream; charset=utf-8"),
+            })  # fmt: skip
+
+            async def pump() -> None:
+                async for frame in self.frames:
+                    await send({"type": "http.response.body", "body": frame, "more_body": True})
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+            disconnected = await _race(pump(), receive)
+        except OSError:
+            disconnected = True  # a write failed: the client is gone
+        finally:
+            with contextlib.suppress(Exception):
+                await self.frames.aclose()  # type: ignore[attr-defined]
+            await asyncio.shield(self.finish(disconnected))
+
+
+class DeferredJSONResponse(Response):
+    """A JSON response computed while watching for disconnect; `produce` returns (status, body, headers)."""
+
+    def __init__(
+        self,
+        produce: Callable[[], Coroutine[Any, Any, tuple[int, bytes, dict[str, str]]]],
+        finish: Finish,
+    ) -> None:
+        self.background = None
+        self.produce = produce
+        self.finish = finish
+        self.result: tuple[int, bytes, dict[str, str]] | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        disconnected = True
+        try:
+
+            async def work() -> None:
+                self.result = await self.produce()
+
+            disconnected = await _race(work(), receive)
+            if not disconnected and self.result is not None:
+                status, body, headers = self.result
+                await send({"type": "http.response.start", "status": status,
+                            "headers": _headers(headers, b"application/json")})
+                await send({"type": "http.response.body", "body": body})
+        except OSError:
+            disconnected = True
+        finally:
+            await asyncio.shield(self.finish(disconnected))

@@ -1,0 +1,88 @@
+"""The SQL schema (SQLAlchemy Core). Alembic migrations in `migrations/` create exactly this."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+metadata = MetaData()
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("name", String(200), nullable=False),
+    Column("secret_hash", String(64), nullable=False, unique=True),
+    Column("prefix", String(16), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("revoked_at", Float),
+    Column("is_admin", Boolean, nullable=False, default=False),
+    # Money in integer micro-USD. budget NULL = unlimited.
+    Column("budget_micros", BigInteger),
+    Column("spent_micros", BigInteger, nullable=False, default=0),
+    Column("reserved_micros", BigInteger, nullable=False, default=0),
+    Column("rpm", Integer),
+    Column("tpm", Integer),
+    Column("allowed_modes", String(32)),  # "long,short"; NULL = all
+    Column("max_effort", String(16)),
+)
+
+usage_records = Table(
+    "usage_records",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("key_id", String(32), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("settled_at", Float),
+    Column("instance_id", String(200), nullable=False),
+    Column("model", String(200), nullable=False),
+    Column("mode", String(8), nullable=False),
+    Column("mode_source", String(64), nullable=False),
+    Column("effort", String(16)),
+    Column("status", String(16), nullable=False),  # open, completed, length, aborted, engine_error, rejected, interrupted
+    Column("finish_reason", String(32)),
+    Column("error", Text),
+    Column("prompt_tokens", Integer, nullable=False, default=0),
+    Column("image_tokens", Integer, nullable=False, default=0),
+    Column("cached_tokens", Integer, nullable=False, default=0),
+    Column("completion_tokens", Integer, nullable=False, default=0),
+    Column("reasoning_tokens", Integer, nullable=False, default=0),
+    Column("answer_tokens", Integer, nullable=False, default=0),
+    Column("reserved_micros", BigInteger, nullable=False, default=0),
+    Column("cost_micros", BigInteger, nullable=False, default=0),
+    Column("ttft_ms", Float),
+    Column("duration_ms", Float),
+    Column("idempotency_key", String(200)),
+    Column("response_json", Text),  # the completed response, replayed for a retried Idempotency-Key
+    UniqueConstraint("key_id", "idempotency_key", name="uq_usage_idempotency"),
+    Index("ix_usage_key_created", "key_id", "created_at"),
+    Index("ix_usage_status", "status"),
+)
+
+rate_windows = Table(
+    "rate_windows",
+    metadata,
+    Column("key_id", String(32), primary_key=True),
+    Column("window", BigInteger, primary_key=True),  # unix minute
+    Column("requests", Integer, nullable=False, default=0),
+    Column("tokens", BigInteger, nullable=False, default=0),
+)
+
+instances = Table(
+    "instances",
+    metadata,
+    Column("id", String(200), primary_key=True),
+    Column("started_at", Float, nullable=False),
+    Column("heartbeat_at", Float, nullable=False),
+)

@@ -1,0 +1,185 @@
+"""OpenAI-shaped errors, built in one place.
+
+    APIError                         {"error": {"message", "type", "param", "code"}}
+    ├── InvalidRequest      400      a field is wrong (names it in `param`)
+    │   └── ConflictingFields 400    two explicit choices disagree
+    ├── AuthenticationFailed 401
+    ├── PermissionDenied    403      the key may not use this mode/effort/route
+    ├── NotFound            404      unknown model or route
+    ├── IdempotencyConflict 409      the same Idempotency-Key is still running
+    ├── PayloadTooLarge     413
+    ├── QuotaExceeded       429      budget cannot cover the worst case (insufficient_quota)
+    ├── RateLimited         429      requests/tokens per minute (rate_limit_exceeded)
+    ├── UpstreamError       502      the engine answered with something unusable
+    └── EngineUnavailable   503      no healthy engine (with Retry-After)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from starlette.responses import Response
+
+
+class APIError(Exception):
+    """Base of every error the API returns to a client."""
+
+    status = 500
+    type = "server_error"
+    code: str | None = None
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+    def response(self) -> Response:
+        return error_response(self.status, self.body(), self.headers)
+
+
+class InvalidRequest(APIError):
+    """A field of the request is malformed or out of range."""
+
+    status = 400
+    type = "invalid_request_error"
+
+
+class ConflictingFields(InvalidRequest):
+    """Two explicit settings in one request contradict each other."""
+
+    code = "conflicting_fields"
+
+
+class AuthenticationFailed(APIError):
+    """Missing, unknown or revoked API key."""
+
+    status = 401
+    type = "authentication_error"
+    code = "invalid_api_key"
+
+
+class PermissionDenied(APIError):
+    """The key exists but may not do this."""
+
+    status = 403
+    type = "permission_error"
+    code = "permission_denied"
+
+
+class NotFound(APIError):
+    """Unknown model or resource."""
+
+    status = 404
+    type = "invalid_request_error"
+    code = "not_found"
+
+
+class IdempotencyConflict(APIError):
+    """A request with the same Idempotency-Key from the same key has not finished yet."""
+
+    status = 409
+    type = "invalid_request_error"
+    code = "idempotency_key_in_use"
+
+
+class PayloadTooLarge(APIError):
+    """The body or one of its images is over a configured limit."""
+
+    status = 413
+    type = "invalid_request_error"
+    code = "payload_too_large"
+
+
+class QuotaExceeded(APIError):
+    """The key's remaining budget cannot cover the request's worst-case cost."""
+
+    status = 429
+    type = "insufficient_quota"
+    code = "insufficient_quota"
+
+
+class RateLimited(APIError):
+    """Requests or tokens per minute exceeded; retry after the header's seconds."""
+
+    status = 429
+    type = "rate_limit_exceeded"
+    code = "rate_limit_exceeded"
+
+    def __init__(self, message: str, *, retry_after_s: int) -> None:
+        super().__init__(message, headers={"Retry-After": str(max(1, retry_after_s))})
+
+
+class UpstreamError(APIError):
+    """The engine failed or answered with something the gateway cannot use."""
+
+    status = 502
+    type = "upstream_error"
+    code = "engine_error"
+
+
+class EngineUnavailable(APIError):
+    """No engine replica is reachable right now."""
+
+    status = 503
+    type = "service_unavailable"
+    code = "engine_unavailable"
+
+    def __init__(self, message: str = "No engine is available; retry shortly.", *, retry_after_s: int = 5):
+        super().__init__(message, headers={"Retry-After": str(retry_after_s)})
+
+
+def error_response(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(body), status_code=status, headers=headers, media_type="application/json")
+
+
+_TYPE_NAMES = frozenset({"str", "int", "float", "bool", "list", "dict", "none"})
+
+
+def _param(loc: tuple[object, ...] | list[object]) -> str:
+    """pydantic's error location as OpenAI names fields: `messages[0].content[1].image_url.url`.
+
+    Union members (`str`, `list[...]`, model names) are dropped, and a discriminated union's tag,
+    which pydantic repeats before the field of the same name, is kept once.
+    """
+    param = ""
+    previous: object = None
+    for part in loc:
+        if part in ("body", "query", "path") and not param:
+            continue
+        if isinstance(part, int):
+            param += f"[{part}]"
+        else:
+            name = str(part)
+            if name in _TYPE_NAMES or "[" in name or "-" in name or name[:1].isupper() or name == previous:
+                previous = part
+                continue
+            param += f".{name}" if param else name
+        previous = part
+    return param
+
+
+def validation_error(errors: list[dict[str, Any]]) -> InvalidRequest:
+    """Turn pydantic's error list into one 400 that names the first offending field."""
+    first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
+    param = _param(first.get("loc", ())) or None
+    message = str(first.get("msg", "invalid value"))
+    if param:
+        message = f"Invalid value for '{param}': {message}"
+    extra = len(errors) - 1
+    if extra > 0:
+        message += f" (and {extra} more problem{'s' if extra > 1 else ''})"
+    return InvalidRequest(message, param=param, code="invalid_value")

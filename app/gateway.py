@@ -1,0 +1,130 @@
+"""The gateway's long-lived parts, built once at start-up and shared by every request."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
+
+import httpx
+
+from app.chat import MediaPolicy
+from app.config import Settings
+from app.db.engine import create_engine, migrate
+from app.engine.launcher import EmbeddedEngine
+from app.engine.pool import UpstreamPool
+from app.keys import KeyStore
+from app.media import ImageLimits
+from app.metering.ledger import Ledger
+from app.metering.prices import TokenCounts, apply_price_file, cost_micros
+from app.metering.ratelimit import RateLimiter
+from app.metrics import Metrics
+from app.profiles import Mode, ProfileRegistry
+
+log = logging.getLogger("thinkgate")
+
+HEARTBEAT_S = 10.0
+STALE_AFTER_S = 60.0
+
+
+@dataclass
+class Gateway:
+    settings: Settings
+    profiles: ProfileRegistry
+    pool: UpstreamPool
+    client: httpx.AsyncClient
+    keys: KeyStore
+    ledger: Ledger
+    limiter: RateLimiter
+    metrics: Metrics
+    media: MediaPolicy
+    engine: EmbeddedEngine | None = None
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    @classmethod
+    def build(cls, settings: Settings) -> Gateway:
+        profiles = ProfileRegistry.from_dir(settings.models_dir / "profiles")
+        if settings.prices_file is not None:
+            profiles = apply_price_file(profiles, settings.prices_file)
+        # One pooled client for the engine: keep-alive connections, no read timeout while a model
+        # thinks (the engine's own limits bound generation), a connect timeout to fail over fast.
+        client = httpx.AsyncClient(
+            timeout=httpx.Timeout(settings.upstream_timeout_s, connect=5.0),
+            limits=httpx.Limits(max_connections=1000, max_keepalive_connections=200),
+            follow_redirects=False,
+            trust_env=False,
+        )
+        db = create_engine(settings.database_url)
+
+        def price_of(model: str, mode: str, counts: TokenCounts) -> int:
+            mode_key: Mode = "long" if mode == "long" else "short"
+            return cost_micros(profiles.for_model(model).prices[mode_key], counts)
+
+        engine = None
+        upstreams = list(settings.upstreams)
+        if settings.embedded_engine:
+            profile = profiles.by_name(settings.model)
+            engine = EmbeddedEngine(
+                profile,
+                settings.models_dir / (profile.checkpoint or profile.name),
+                port=settings.engine_port,
+                log_path=settings.engine_log,
+                kv_cache_gib=settings.engine_kv_cache_gib,
+                startup_timeout_s=settings.engine_startup_timeout_s,
+            )
+            upstreams = [engine.url]
+        media = MediaPolicy(
+            ImageLimits(
+                max_bytes=settings.max_image_bytes,
+                max_pixels=settings.max_image_pixels,
+                max_side=4096,
+                allowlist=tuple(settings.image_url_allowlist),
+                fetch_timeout_s=settings.image_fetch_timeout_s,
+            ),
+            max_images=settings.max_images_per_request,
+        )
+        return cls(
+            settings=settings,
+            profiles=profiles,
+            pool=UpstreamPool(upstreams, client, probe_interval_s=settings.health_interval_s),
+            client=client,
+            keys=KeyStore(db),
+            ledger=Ledger(db, settings.instance_id, price_of),
+            limiter=RateLimiter(db),
+            metrics=Metrics(),
+            media=media,
+            engine=engine,
+        )
+
+    async def start(self) -> None:
+        await migrate(self.settings.database_url)
+        await self.ledger.heartbeat()
+        closed = await self.ledger.reconcile(stale_after_s=STALE_AFTER_S, own=True)
+        if closed:
+            log.warning("reconciled %d request(s) left open by a stopped gateway as 'interrupted'", closed)
+        if self.engine is not None:
+            self.engine.start(self.client)
+        await self.pool.start()
+        self._tasks.append(asyncio.create_task(self._housekeeping(), name="thinkgate-housekeeping"))
+
+    async def _housekeeping(self) -> None:
+        while True:
+            await asyncio.sleep(HEARTBEAT_S)
+            try:
+                await self.ledger.heartbeat()
+                await self.ledger.reconcile(stale_after_s=STALE_AFTER_S)
+                await self.limiter.prune()
+            except Exception:  # the database may be briefly unreachable; try again next round
+                log.exception("housekeeping failed")
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.pool.stop()
+        if self.engine is not None:
+            await self.engine.stop()
+        await self.client.aclose()
+        await self.ledger.engine.dispose()

@@ -1,0 +1,277 @@
+"""The usage ledger: reserve the worst case before a request, settle the exact cost after.
+
+Every request that reaches metering ends in exactly one `usage_records` row:
+    open ──settle──> completed | length | aborted | engine_error
+    open ──reconcile (the gateway died)──> interrupted
+    (no reservation possible) ──> rejected
+The key's `reserved_micros` and `spent_micros` move in the same transaction as the record, so a
+budget can never be overrun by concurrent requests, on one gateway or many sharing PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from sqlalchemy import and_, insert, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from app.db.tables import api_keys, instances, usage_records
+from app.errors import IdempotencyConflict, QuotaExceeded
+from app.keys import Principal
+from app.metering.prices import TokenCounts, format_usd
+
+FINAL_STATUSES = ("completed", "length", "aborted", "engine_error", "rejected", "interrupted")
+
+
+@dataclass(slots=True)
+class OpenRequest:
+    """A reservation held while a request runs."""
+
+    request_id: str
+    key_id: str
+    has_key_row: bool
+    reserved_micros: int
+    started: float
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    status: str
+    counts: TokenCounts
+    cost_micros: int
+    finish_reason: str | None = None
+    error: str | None = None
+    ttft_ms: float | None = None
+
+
+def _has_key_row(principal: Principal) -> bool:
+    return principal.key_id.startswith("key_")
+
+
+PriceOf = Callable[[str, str, TokenCounts], int]  # (model, mode, counts) -> micro-USD
+
+
+class Ledger:
+    def __init__(self, engine: AsyncEngine, instance_id: str, price_of: PriceOf) -> None:
+        self.engine = engine
+        self.instance_id = instance_id
+        self.price_of = price_of
+
+    async def open(
+        self,
+        principal: Principal,
+        *,
+        request_id: str,
+        model: str,
+        mode: str,
+        mode_source: str,
+        effort: str | None,
+        reserve_micros: int,
+        idempotency_key: str | None = None,
+    ) -> OpenRequest:
+        """Reserve `reserve_micros` and record the request as open, atomically; 429 when it does not fit."""
+        now = time.time()
+        has_row = _has_key_row(principal)
+        record = {
+            "id": request_id,
+            "key_id": principal.key_id,
+            "created_at": now,
+            "instance_id": self.instance_id,
+            "model": model,
+            "mode": mode,
+            "mode_source": mode_source,
+            "effort": effort,
+            "idempotency_key": idempotency_key,
+        }
+        try:
+            fits = await self._open(record, reserve_micros, has_row, now)
+        except IntegrityError:
+            raise IdempotencyConflict(
+                "A request with this Idempotency-Key is already running; retry when it has finished.",
+                param="Idempotency-Key",
+            ) from None
+        if not fits:
+            raise QuotaExceeded(
+                f"This request could cost up to ${format_usd(reserve_micros)} (prompt plus "
+                "max_completion_tokens), more than the key's remaining budget. Lower "
+                "max_completion_tokens or raise the key's budget."
+            )
+        return OpenRequest(request_id, principal.key_id, has_row, reserve_micros, now)
+
+    async def _open(self, record: dict[str, Any], reserve_micros: int, has_row: bool, now: float) -> bool:
+        """Reserve and insert the open record in one transaction; False (and a rejected record) if
+        the budget cannot cover the reservation."""
+        async with self.engine.begin() as conn:
+            if has_row:
+                fits = await conn.execute(
+                    update(api_keys)
+                    .where(
+                        api_keys.c.id == record["key_id"],
+                        or_(
+                            api_keys.c.budget_micros.is_(None),
+                            api_keys.c.budget_micros - api_keys.c.spent_micros - api_keys.c.reserved_micros
+                            >= reserve_micros,
+                        ),
+                    )
+                    .values(reserved_micros=api_keys.c.reserved_micros + reserve_micros)
+                )
+                if fits.rowcount == 0:
+                    rejected = {**record, "idempotency_key": None}
+                    await conn.execute(
+                        insert(usage_records).values(
+                            **rejected, status="rejected", settled_at=now, duration_ms=0.0,
+                            error="insufficient_quota",
+                        )
+                    )
+                    return False
+            await conn.execute(insert(usage_records).values(**record, status="open", reserved_micros=reserve_micros))
+        return True
+
+    async def replay(self, principal: Principal, idempotency_key: str) -> dict[str, Any] | None:
+        """The stored response of a finished request with this key, or None to run it (again).
+
+        A still-running one is a 409. A failed one frees the key for this retry; its record stays.
+        """
+        where = (usage_records.c.key_id == principal.key_id, usage_records.c.idempotency_key == idempotency_key)
+        async with self.engine.begin() as conn:
+            row = (await conn.execute(select(usage_records.c.status, usage_records.c.response_json).where(*where))).first()
+            if row is None:
+                return None
+            if row.status == "open":
+                raise IdempotencyConflict(
+                    "A request with this Idempotency-Key is still running; retry when it has finished.",
+                    param="Idempotency-Key",
+                )
+            if row.status in ("completed", "length") and row.response_json:
+                stored: dict[str, Any] = orjson.loads(row.response_json)
+                return stored
+            await conn.execute(update(usage_records).where(*where).values(idempotency_key=None))
+        return None
+
+    async def reject(self, principal: Principal, *, request_id: str, model: str, mode: str, reason: str) -> None:
+        """Record a request refused before any reservation (limits, permissions)."""
+        now = time.time()
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                insert(usage_records).values(
+                    id=request_id, key_id=principal.key_id, created_at=now, settled_at=now,
+                    instance_id=self.instance_id, model=model, mode=mode, mode_source="-",
+                    status="rejected", error=reason, duration_ms=0.0,
+                )
+            )
+
+    async def checkpoint(self, handle: OpenRequest, counts: TokenCounts) -> None:
+        """Save progress of a long stream, so a gateway crash bills what was generated until then."""
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                update(usage_records)
+                .where(usage_records.c.id == handle.request_id, usage_records.c.status == "open")
+                .values(**_count_columns(counts))
+            )
+
+    async def settle(self, handle: OpenRequest, outcome: Outcome, *, response_json: str | None = None) -> bool:
+        """Close the record and move reserved → spent; False if it was already closed (reconciled)."""
+        now = time.time()
+        async with self.engine.begin() as conn:
+            closed = await conn.execute(
+                update(usage_records)
+                .where(usage_records.c.id == handle.request_id, usage_records.c.status == "open")
+                .values(
+                    status=outcome.status,
+                    finish_reason=outcome.finish_reason,
+                    error=outcome.error,
+                    cost_micros=outcome.cost_micros,
+                    settled_at=now,
+                    ttft_ms=outcome.ttft_ms,
+                    duration_ms=(now - handle.started) * 1000,
+                    response_json=response_json,
+                    **_count_columns(outcome.counts),
+                )
+            )
+            if closed.rowcount == 0:
+                return False
+            if handle.has_key_row:
+                await _release(conn, handle.key_id, handle.reserved_micros, outcome.cost_micros)
+        return True
+
+    async def heartbeat(self) -> None:
+        now = time.time()
+        async with self.engine.begin() as conn:
+            updated = await conn.execute(
+                update(instances).where(instances.c.id == self.instance_id).values(heartbeat_at=now)
+            )
+            if updated.rowcount == 0:
+                await conn.execute(insert(instances).values(id=self.instance_id, started_at=now, heartbeat_at=now))
+
+    async def reconcile(self, *, stale_after_s: float = 60.0, own: bool = False) -> int:
+        """Close open records of dead gateways as `interrupted`, billing their checkpointed tokens.
+
+        `own=True` (at start-up) also takes this instance id's records: they belong to a previous
+        life of this instance, which cannot still be running.
+        """
+        cutoff = time.time() - stale_after_s
+        async with self.engine.begin() as conn:
+            alive = select(instances.c.id).where(instances.c.heartbeat_at >= cutoff)
+            if own:
+                alive = alive.where(instances.c.id != self.instance_id)
+            rows = (
+                await conn.execute(
+                    select(usage_records).where(
+                        usage_records.c.status == "open",
+                        and_(usage_records.c.instance_id.not_in(alive)),
+                    )
+                )
+            ).all()
+        closed = 0
+        for row in rows:
+            if await self._interrupt(row):
+                closed += 1
+        return closed
+
+    async def _interrupt(self, row: Any) -> bool:
+        counts = TokenCounts(
+            prompt=row.prompt_tokens,
+            image=row.image_tokens,
+            cached=row.cached_tokens,
+            reasoning=row.reasoning_tokens,
+            answer=row.answer_tokens,
+        )
+        cost = min(self.price_of(row.model, row.mode, counts), row.reserved_micros)
+        async with self.engine.begin() as conn:
+            closed = await conn.execute(
+                update(usage_records)
+                .where(usage_records.c.id == row.id, usage_records.c.status == "open")
+                .values(status="interrupted", cost_micros=cost, settled_at=time.time(), error="gateway stopped")
+            )
+            if closed.rowcount == 0:
+                return False
+            if row.key_id.startswith("key_"):
+                await _release(conn, row.key_id, row.reserved_micros, cost)
+        return True
+
+
+async def _release(conn: AsyncConnection, key_id: str, reserved: int, cost: int) -> None:
+    await conn.execute(
+        update(api_keys)
+        .where(api_keys.c.id == key_id)
+        .values(
+            reserved_micros=api_keys.c.reserved_micros - reserved,
+            spent_micros=api_keys.c.spent_micros + cost,
+        )
+    )
+
+
+def _count_columns(counts: TokenCounts) -> dict[str, int]:
+    return {
+        "prompt_tokens": counts.prompt,
+        "image_tokens": counts.image,
+        "cached_tokens": counts.cached,
+        "completion_tokens": counts.completion,
+        "reasoning_tokens": counts.reasoning,
+        "answer_tokens": counts.answer,
+    }

@@ -1,0 +1,95 @@
+"""Requests- and tokens-per-minute limits per key, counted in the shared database.
+
+Fixed one-minute windows in `rate_windows`, incremented with one atomic upsert, so every gateway
+sharing the database sees the same counts. Tokens are admitted at the request's worst case and
+corrected to the exact count when it settles.
+"""
+
+from __future__ import annotations
+
+import time
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app.db.tables import rate_windows
+from app.errors import RateLimited
+from app.keys import Principal
+
+WINDOW_S = 60
+
+
+def current_window(now: float | None = None) -> int:
+    return int((time.time() if now is None else now) // WINDOW_S)
+
+
+class RateLimiter:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self._insert = pg_insert if engine.dialect.name == "postgresql" else sqlite_insert
+
+    async def admit(self, principal: Principal, tokens: int) -> int | None:
+        """Count this request; 429 if it would pass the key's rpm or tpm. Returns the window used."""
+        if principal.rpm is None and principal.tpm is None:
+            return None
+        now = time.time()
+        window = current_window(now)
+        values = self._insert(rate_windows).values(
+            key_id=principal.key_id, window=window, requests=1, tokens=tokens
+        )
+        statement = values.on_conflict_do_update(
+            index_elements=["key_id", "window"],
+            set_={"requests": rate_windows.c.requests + 1, "tokens": rate_windows.c.tokens + tokens},
+        ).returning(rate_windows.c.requests, rate_windows.c.tokens)
+        async with self.engine.begin() as conn:
+            requests, used_tokens = (await conn.execute(statement)).one()
+            over_requests = principal.rpm is not None and requests > principal.rpm
+            over_tokens = principal.tpm is not None and used_tokens > principal.tpm
+            if over_requests or over_tokens:
+                # Refused requests do not count against the window.
+                await conn.execute(
+                    update(rate_windows)
+                    .where(rate_windows.c.key_id == principal.key_id, rate_windows.c.window == window)
+                    .values(requests=rate_windows.c.requests - 1, tokens=rate_windows.c.tokens - tokens)
+                )
+        if over_requests or over_tokens:
+            retry_after = int((window + 1) * WINDOW_S - now) + 1
+            if over_requests:
+                message = f"Rate limit reached: {principal.rpm} requests per minute for this key."
+            else:
+                message = (
+                    f"Rate limit reached: {principal.tpm} tokens per minute for this key (this request "
+                    f"counts up to {tokens} tokens: prompt plus max_completion_tokens)."
+                )
+            raise RateLimited(message, retry_after_s=retry_after)
+        return window
+
+    async def correct(
+        self, principal: Principal, window: int | None, reserved_tokens: int, used_tokens: int
+    ) -> None:
+        """Replace the worst-case token count admitted with what the request really used."""
+        if window is None or principal.tpm is None or reserved_tokens == used_tokens:
+            return
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                update(rate_windows)
+                .where(rate_windows.c.key_id == principal.key_id, rate_windows.c.window == window)
+                .values(tokens=rate_windows.c.tokens - reserved_tokens + used_tokens)
+            )
+
+    async def usage(self, key_id: str) -> tuple[int, int]:
+        async with self.engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    select(rate_windows.c.requests, rate_windows.c.tokens).where(
+                        rate_windows.c.key_id == key_id, rate_windows.c.window == current_window()
+                    )
+                )
+            ).first()
+        return (row.requests, row.tokens) if row else (0, 0)
+
+    async def prune(self) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(delete(rate_windows).where(rate_windows.c.window < current_window() - 1))

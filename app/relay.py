@@ -1,0 +1,307 @@
+"""One chat request against the engine: connect (with one retry), relay and normalise the stream,
+count tokens exactly, force the end of thinking when the engine cannot, and report the outcome.
+
+The engine is always asked to stream with continuous usage, whether or not the client streams, so
+there is one code path, and token counts stay exact even when the client leaves mid-answer.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import orjson
+
+from app.chat import PreparedChat, continuation_body
+from app.engine.pool import Replica, UpstreamPool
+from app.errors import APIError, EngineUnavailable, InvalidRequest, UpstreamError
+from app.metering.prices import TokenCounts
+from app.reasoning import ThinkSplitter
+
+CONNECT_ERRORS = (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError, httpx.PoolTimeout)
+
+
+@dataclass(slots=True)
+class ChoiceState:
+    splitter: ThinkSplitter
+    reasoning: list[str] = field(default_factory=list)
+    content: list[str] = field(default_factory=list)
+    finish_reason: str | None = None
+    in_answer: bool = False
+    tool_calls: dict[int, dict[str, Any]] = field(default_factory=dict)
+
+    def merge_tool_calls(self, deltas: list[dict[str, Any]]) -> None:
+        """Assemble streamed tool-call fragments (arguments arrive in pieces) into whole calls."""
+        for fragment in deltas:
+            call = self.tool_calls.setdefault(
+                int(fragment.get("index", 0)), {"id": None, "type": "function", "function": {"name": "", "arguments": ""}}
+            )
+            if fragment.get("id"):
+                call["id"] = fragment["id"]
+            function = fragment.get("function") or {}
+            call["function"]["name"] += function.get("name") or ""
+            call["function"]["arguments"] += function.get("arguments") or ""
+
+
+class EngineFailure(Exception):
+    """The engine broke off a stream that had already started."""
+
+
+class ChatRun:
+    """Drives one prepared request: `start()`, iterate `chunks()`, read the counters, `close()`."""
+
+    def __init__(self, prepared: PreparedChat, pool: UpstreamPool, client: httpx.AsyncClient, *,
+                 affinity: str | None = None, keep_text: bool = False) -> None:
+        self.prepared = prepared
+        self.pool = pool
+        self.client = client
+        self.affinity = affinity
+        profile = prepared.profile
+        self.force_budget = (
+            prepared.decision.mode == "long"
+            and prepared.decision.thinking_budget is not None
+            and not profile.engine_budget
+            and prepared.request.n == 1
+        )
+        self.keep_text = keep_text or self.force_budget
+        self.starts_in_reasoning = profile.always_thinks and prepared.decision.mode == "long"
+        self.choices: dict[int, ChoiceState] = {}
+        self.prompt_tokens = 0
+        self.cached_tokens = 0
+        self.reasoning_tokens = 0
+        self.answer_tokens = 0
+        self.engine_reasoning_tokens: int | None = None
+        self._seen_completion = 0
+        self._engine_parses = False
+        self._count_prompt = True
+        self.started = time.perf_counter()
+        self.first_token_at: float | None = None
+        self.replica: Replica | None = None
+        self.forced_end = False
+        self.created = int(time.time())
+        self._pending: tuple[httpx.Response, Replica] | None = None
+
+    # -- accounting ---------------------------------------------------------------------------
+
+    @property
+    def counts(self) -> TokenCounts:
+        reasoning = self.reasoning_tokens
+        answer = self.answer_tokens
+        if self.engine_reasoning_tokens is not None and not self.forced_end:
+            total = reasoning + answer
+            reasoning = min(self.engine_reasoning_tokens, total)
+            answer = total - reasoning
+        images = min(self.prompt_tokens, self.prepared.image_count * self.prepared.profile.tokens_per_image)
+        return TokenCounts(
+            prompt=self.prompt_tokens, image=images, cached=self.cached_tokens, reasoning=reasoning, answer=answer
+        )
+
+    @property
+    def ttft_ms(self) -> float | None:
+        return None if self.first_token_at is None else (self.first_token_at - self.started) * 1000
+
+    def finish_reason(self) -> str | None:
+        reasons = [c.finish_reason for c in self.choices.values() if c.finish_reason]
+        if "length" in reasons:
+            return "length"
+        return reasons[0] if reasons else None
+
+    def _choice(self, index: int) -> ChoiceState:
+        state = self.choices.get(index)
+        if state is None:
+            profile = self.prepared.profile
+            splitter = ThinkSplitter(profile.think_start, profile.think_end, in_reasoning=self.starts_in_reasoning)
+            state = self.choices[index] = ChoiceState(splitter)
+        return state
+
+    def _count_usage(self, usage: dict[str, Any], phase_is_reasoning: bool) -> None:
+        if self._count_prompt:
+            self.prompt_tokens = max(self.prompt_tokens, int(usage.get("prompt_tokens") or 0))
+            details = usage.get("prompt_tokens_details") or {}
+            self.cached_tokens = max(self.cached_tokens, int(details.get("cached_tokens") or 0))
+        completion = int(usage.get("completion_tokens") or 0)
+        new = completion - self._seen_completion
+        if new > 0:
+            self._seen_completion = completion
+            if phase_is_reasoning:
+                self.reasoning_tokens += new
+            else:
+                self.answer_tokens += new
+        completion_details = usage.get("completion_tokens_details") or {}
+        if isinstance(completion_details.get("reasoning_tokens"), int):
+            self.engine_reasoning_tokens = completion_details["reasoning_tokens"]
+
+    # -- the upstream conversation ------------------------------------------------------------
+
+    async def _open(self, body: dict[str, Any]) -> tuple[httpx.Response, Replica]:
+        """POST to a replica; a connection failure before the first byte is retried once elsewhere."""
+        model = self.prepared.model
+        tried: Replica | None = None
+        for attempt in range(2):
+            replica = self.pool.pick(model, affinity=self.affinity, exclude=tried)
+            request = self.client.build_request(
+                "POST", f"{replica.url}/v1/chat/completions", content=orjson.dumps(body),
+                headers={"content-type": "application/json", "x-request-id": self.prepared.request_id},
+            )
+            replica.in_flight += 1
+            try:
+                response = await self.client.send(request, stream=True)
+            except CONNECT_ERRORS as exc:
+                replica.in_flight -= 1
+                self.pool.report_failure(replica, f"{type(exc).__name__}: {exc}")
+                tried = replica
+                if attempt == 1 or len(self.pool.replicas) == 1:
+                    raise EngineUnavailable(f"The engine could not be reached ({type(exc).__name__}).") from exc
+                continue
+            except BaseException:
+                replica.in_flight -= 1
+                raise
+            if response.status_code >= 400:
+                replica.in_flight -= 1
+                raise await _engine_error(response)
+            return response, replica
+        raise EngineUnavailable()
+
+    async def start(self) -> None:
+        """Connect to the engine; errors before the first byte surface here, as proper HTTP errors."""
+        self._pending = await self._open(self.prepared.body)
+
+    async def chunks(self) -> AsyncIterator[dict[str, Any]]:
+        """Normalised chunks: reasoning under `reasoning_content`/`reasoning`, never in `content`."""
+        body = self.prepared.body
+        while True:
+            if self._pending is not None:
+                (response, replica), self._pending = self._pending, None
+            else:
+                response, replica = await self._open(body)
+            self.replica = replica
+            budget_hit = False
+            try:
+                async for chunk in self._relay(response):
+                    yield chunk
+                    if self.force_budget and self._over_budget():
+                        budget_hit = True
+                        break
+            finally:
+                replica.in_flight -= 1
+                await response.aclose()
+            if not budget_hit:
+                break
+            # Thinking budget reached and the engine cannot enforce it: close the reasoning and let
+            # the engine continue with the answer (prefix-cached), within the remaining token bound.
+            self.forced_end = True
+            self.force_budget = False
+            remaining = int(body["max_tokens"]) - self._seen_completion
+            state = self._choice(0)
+            if remaining <= 0:
+                state.finish_reason = "length"
+                break
+            body = continuation_body(body, self.prepared.profile, "".join(state.reasoning), remaining)
+            state.in_answer = True
+            state.splitter = ThinkSplitter("\0never", "\0never")  # the continuation is all answer
+            # The continuation is a new engine request: its counters start from zero, and its
+            # prompt (ours: the original prompt plus the reasoning) is not the client's to pay.
+            self._seen_completion = 0
+            self._count_prompt = False
+
+    async def close(self) -> None:
+        """Release a connection that was opened but never read (the client left before the first chunk)."""
+        if self._pending is not None:
+            response, replica = self._pending
+            self._pending = None
+            replica.in_flight -= 1
+            await response.aclose()
+
+    def _over_budget(self) -> bool:
+        budget = self.prepared.decision.thinking_budget
+        state = self.choices.get(0)
+        return budget is not None and state is not None and not state.in_answer and self.reasoning_tokens >= budget
+
+    async def _relay(self, response: httpx.Response) -> AsyncIterator[dict[str, Any]]:
+        async for line in response.aiter_lines():
+            if not line.startswith("data:"):
+                continue
+            payload = line[5:].strip()
+            if payload == "[DONE]":
+                return
+            try:
+                chunk = orjson.loads(payload)
+            except orjson.JSONDecodeError as exc:
+                raise EngineFailure(f"engine sent invalid JSON: {payload[:200]!r}") from exc
+            if "error" in chunk:
+                error = chunk["error"]
+                message = error.get("message") if isinstance(error, dict) else str(error)
+                raise EngineFailure(f"engine error: {message}")
+            normalised = self._normalise(chunk)
+            if normalised is not None:
+                yield normalised
+        raise EngineFailure("engine closed the stream before [DONE]")
+
+    def _normalise(self, chunk: dict[str, Any]) -> dict[str, Any] | None:
+        usage = chunk.pop("usage", None)
+        phase_is_reasoning = False
+        has_text = False
+        for choice in chunk.get("choices") or ():
+            state = self._choice(int(choice.get("index", 0)))
+            delta = choice.get("delta") or {}
+            reasoning = delta.pop("reasoning", None) or delta.pop("reasoning_content", None) or ""
+            delta.pop("reasoning_content", None)
+            original = delta.get("content")
+            content = original or ""
+            if reasoning:
+                self._engine_parses = True
+            elif content and not self._engine_parses:
+                reasoning, content = state.splitter.feed(content)
+            if choice.get("finish_reason"):
+                state.finish_reason = choice["finish_reason"]
+                if not self._engine_parses:
+                    tail_reasoning, tail_content = state.splitter.flush()
+                    reasoning += tail_reasoning
+                    content += tail_content
+            if reasoning:
+                delta["reasoning_content"] = delta["reasoning"] = reasoning
+                phase_is_reasoning = True
+                if self.keep_text:
+                    state.reasoning.append(reasoning)
+            if content:
+                delta["content"] = content
+                state.in_answer = True
+                if self.keep_text:
+                    state.content.append(content)
+            elif original:
+                delta.pop("content")  # all of it was reasoning
+            if self.keep_text and delta.get("tool_calls"):
+                state.merge_tool_calls(delta["tool_calls"])
+            if not (reasoning or content):
+                phase_is_reasoning = phase_is_reasoning or (
+                    not state.in_answer and self.prepared.decision.mode == "long"
+                )
+            has_text = has_text or bool(reasoning or content)
+        if has_text and self.first_token_at is None:
+            self.first_token_at = time.perf_counter()
+        if usage:
+            self._count_usage(usage, phase_is_reasoning)
+        if not chunk.get("choices"):
+            return None
+        return chunk
+
+
+async def _engine_error(response: httpx.Response) -> APIError:
+    """Turn an engine's HTTP error into ours, keeping its message (e.g. prompt longer than the context)."""
+    raw = await response.aread()
+    await response.aclose()
+    message = raw.decode(errors="replace")[:500]
+    param = None
+    try:
+        error = orjson.loads(raw).get("error", {})
+        if isinstance(error, dict):
+            message = str(error.get("message", message))
+            param = error.get("param")
+    except (orjson.JSONDecodeError, AttributeError):
+        pass
+    if 400 <= response.status_code < 500:
+        return InvalidRequest(f"The engine refused the request: {message}", param=param, code="engine_rejected")
+    return UpstreamError(f"The engine failed ({response.status_code}): {message}")

@@ -1,0 +1,1 @@
+"""Benchmarks and measured-quality checks; each module runs with `python -m bench.<name>`."""

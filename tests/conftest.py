@@ -1,0 +1,88 @@
+"""Shared fixtures: the real vLLM engine (once per session) and real gateway processes in front of it.
+
+Set THINKGATE_TEST_ENGINE_URL to reuse an engine you already run (saves its ~75 s start-up while
+developing); otherwise the session starts one on the bundled model through the product's own launcher.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+
+from support import GatewayProcess, start_gateway  # noqa: E402
+
+
+@dataclass
+class Engine:
+    url: str
+    model: str = "thinkgate-arith"
+    embedded: GatewayProcess | None = field(default=None, repr=False)
+
+
+def _wait_engine(gateway: GatewayProcess, timeout_s: float = 900.0) -> str:
+    """Wait for the embedded engine behind `gateway`, printing progress; returns the engine's URL."""
+    started = time.monotonic()
+    next_report = 0.0
+    while (elapsed := time.monotonic() - started) < timeout_s:
+        if gateway.process.poll() is not None:
+            raise AssertionError(f"gateway exited ({gateway.process.returncode}):\n{gateway.log()[-4000:]}")
+        ready = httpx.get(f"{gateway.base_url}/ready", timeout=5)
+        if ready.status_code == 200:
+            print(f"[engine] ready after {elapsed:.0f} s", flush=True)
+            return str(ready.json()["replicas"][0]["url"])
+        if elapsed >= next_report:
+            print(f"[engine] starting vLLM on the bundled model… {elapsed:.0f} s", flush=True)
+            next_report = elapsed + 15
+        time.sleep(1)
+    raise AssertionError(f"embedded engine not ready after {timeout_s} s:\n{gateway.log()[-4000:]}")
+
+
+@pytest.fixture(scope="session")
+def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
+    """The real vLLM engine on the bundled model, started by `thinkgate serve` in embedded mode.
+
+    The session's other gateways use its URL as their upstream. When the session ends, the embedded
+    gateway gets SIGTERM, and the engine's whole process group must be gone with it.
+    """
+    external = os.environ.get("THINKGATE_TEST_ENGINE_URL")
+    if external:
+        yield Engine(external.rstrip("/"))
+        return
+    workdir = tmp_path_factory.mktemp("embedded")
+    with start_gateway(workdir, upstreams=[], args=("--no-auth", "--engine-log", str(workdir / "engine.log")),
+                       wait_ready=False) as embedded:
+        url = _wait_engine(embedded)
+        yield Engine(url, embedded=embedded)
+    with contextlib.suppress(httpx.HTTPError):
+        httpx.get(f"{url}/v1/models", timeout=2)
+        raise AssertionError(f"the embedded engine at {url} still answers after its gateway stopped")
+
+
+@pytest.fixture(scope="session")
+def gateway(engine: Engine, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+    """A gateway process in front of the engine, with a SQLite ledger and one API key."""
+    workdir = tmp_path_factory.mktemp("gateway")
+    with start_gateway(workdir, upstreams=[engine.url]) as process:
+        process.api_key = process.create_key("session")
+        yield process
+
+
+@pytest.fixture()
+def client(gateway: GatewayProcess) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=gateway.base_url, headers={"Authorization": f"Bearer {gateway.api_key}"},
+                      timeout=300) as http:
+        yield http
+
+
+pytest_plugins = ["pg"]  # the PostgreSQL server fixtures (tests/pg.py)

@@ -1,0 +1,128 @@
+"""Test helpers: run the real `thinkgate` CLI as subprocesses, on free loopback ports."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+THINKGATE = [sys.executable, "-m", "app.cli"]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def sqlite_url(workdir: Path) -> str:
+    return f"sqlite:///{workdir / 'thinkgate.db'}"
+
+
+def run_cli(*args: str, database_url: str, env: dict[str, str] | None = None) -> str:
+    """Run `thinkgate ARGS` against a database; returns stdout, fails loudly with stderr."""
+    result = subprocess.run(
+        [*THINKGATE, "--database-url", database_url, *args],
+        capture_output=True, text=True, cwd=ROOT, env={**os.environ, **(env or {})}, timeout=120,
+    )  # fmt: skip
+    if result.returncode != 0:
+        raise AssertionError(f"thinkgate {' '.join(args)} failed ({result.returncode}):\n{result.stderr}")
+    return result.stdout
+
+
+@dataclass
+class GatewayProcess:
+    base_url: str
+    database_url: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    api_key: str = ""
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def create_key(self, name: str, *flags: str) -> str:
+        return run_cli("keys", "create", "--name", name, *flags, database_url=self.database_url).strip().splitlines()[-1]
+
+    def cli(self, *args: str) -> str:
+        return run_cli(*args, database_url=self.database_url)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            self.process.send_signal(sig)
+        self.process.wait(timeout=30)
+
+
+def wait_http(url: str, timeout_s: float = 60.0, process: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise AssertionError(f"process exited with {process.returncode} before {url} answered")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(url, timeout=1.0).status_code < 500:
+                return
+        time.sleep(0.1)
+    raise AssertionError(f"{url} did not answer within {timeout_s} s")
+
+
+@contextlib.contextmanager
+def start_gateway(
+    workdir: Path,
+    *,
+    upstreams: list[str],
+    database_url: str | None = None,
+    args: tuple[str, ...] = (),
+    env: dict[str, str] | None = None,
+    port: int | None = None,
+    wait_ready: bool = True,
+) -> Iterator[GatewayProcess]:
+    """`thinkgate serve` as a real process; stopped (SIGTERM) when the block ends."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = port or free_port()
+    database_url = database_url or sqlite_url(workdir)
+    command = [*THINKGATE, "serve", "--port", str(port), "--database-url", database_url, *args]
+    for upstream in upstreams:
+        command += ["--upstream", upstream]
+    log_path = workdir / f"gateway-{port}.log"
+    with log_path.open("ab") as log_file:
+        process = subprocess.Popen(
+            command, cwd=ROOT, stdout=log_file, stderr=subprocess.STDOUT,
+            env={**os.environ, "THINKGATE_HEALTH_INTERVAL_S": "1", **(env or {})},
+        )  # fmt: skip
+    gateway = GatewayProcess(f"http://127.0.0.1:{port}", database_url, process, log_path)
+    try:
+        wait_http(f"{gateway.base_url}/health", process=process)
+        if wait_ready and upstreams:
+            wait_http_ok(f"{gateway.base_url}/ready", process=process)
+        yield gateway
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def wait_http_ok(url: str, timeout_s: float = 60.0, process: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise AssertionError(f"process exited with {process.returncode} before {url} was ready")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(url, timeout=1.0).status_code == 200:
+                return
+        time.sleep(0.2)
+    raise AssertionError(f"{url} not ready within {timeout_s} s")

@@ -1,0 +1,83 @@
+"""A client that leaves mid-answer: the engine stops promptly and the ledger keeps exact counts."""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+import time
+
+import httpx
+import pytest
+
+from conftest import Engine
+from support import GatewayProcess
+
+pytestmark = pytest.mark.engine
+
+
+def engine_counter(engine: Engine, name: str, label: str = "") -> float:
+    text = httpx.get(f"{engine.url}/metrics", timeout=10).text
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name + "{") and label in line:
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def record(gateway: GatewayProcess, request_id: str) -> sqlite3.Row:
+    path = re.sub(r"^sqlite(\+aiosqlite)?:///", "", gateway.database_url)
+    with sqlite3.connect(path) as db:
+        db.row_factory = sqlite3.Row
+        rows = db.execute("SELECT * FROM usage_records WHERE id = ?", (request_id,)).fetchall()
+    assert len(rows) == 1, f"expected exactly one record for {request_id}, found {len(rows)}"
+    return rows[0]
+
+
+def wait_until(predicate: object, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if callable(predicate) and predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError("condition not reached")
+
+
+def test_disconnect_stops_the_engine_and_bills_what_was_generated(engine: Engine, gateway: GatewayProcess) -> None:
+    generated_before = engine_counter(engine, "vllm:generation_tokens_total")
+    body = {
+        "model": "thinkgate-arith", "stream": True, "max_tokens": 900, "reasoning_mode": "long",
+        "ignore_eos": True,  # a vLLM extra, passed through: the answer cannot end before we leave
+        "stream_options": {"include_usage": True, "continuous_usage_stats": True},
+        "messages": [{"role": "user", "content": "What is 123456 + 654321?"}],
+    }  # fmt: skip
+    seen_tokens = 0
+    request_id = ""
+    with httpx.Client(timeout=120) as http, http.stream(
+        "POST", f"{gateway.base_url}/v1/chat/completions", json=body,
+        headers={"Authorization": f"Bearer {gateway.api_key}"},
+    ) as response:  # fmt: skip
+        assert response.status_code == 200
+        request_id = response.headers["x-request-id"]
+        started = time.monotonic()
+        for line in response.iter_lines():
+            if line.startswith("data: {"):
+                usage = httpx.Response(200, content=line[6:]).json().get("usage") or {}
+                seen_tokens = max(seen_tokens, usage.get("completion_tokens", 0))
+            if seen_tokens >= 40:
+                break
+        streaming_s = time.monotonic() - started
+    # The connection is closed here, mid-answer.
+    wait_until(lambda: engine_counter(engine, "vllm:num_requests_running") == 0)
+    generated = engine_counter(engine, "vllm:generation_tokens_total") - generated_before
+    tokens_per_s = seen_tokens / max(streaming_s, 1e-3)
+    assert generated < 900, "the engine generated the whole answer: the disconnect did not reach it"
+    # What the engine made after we left is at most about one second of generation.
+    assert generated - seen_tokens <= tokens_per_s * 1.0 + 16
+
+    wait_until(lambda: record(gateway, request_id)["status"] != "open")
+    row = record(gateway, request_id)
+    assert row["status"] == "aborted"
+    # Billed exactly what the engine produced for it, as the engine counted (continuous usage).
+    assert seen_tokens <= row["completion_tokens"] <= generated
+    assert row["reasoning_tokens"] + row["answer_tokens"] == row["completion_tokens"]
+    assert row["cost_micros"] > 0

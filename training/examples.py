@@ -1,0 +1,130 @@
+"""Training/eval examples: a chat prompt (text or image + instruction), a mode, and the target reply,
+encoded to token ids with a per-token loss weight."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from PIL import Image
+from transformers import PreTrainedTokenizerFast
+
+from training import problems as pb
+from training import tokenizer as tk
+from training.modelcfg import IMAGE_SEQ_LEN
+from training.render import render_problem
+
+SYSTEM_PROMPTS = ("You are a helpful assistant.", "You are a careful calculator.", "Answer the question.")
+# Reading the problem from an image is the only thing the vision tower has to learn; the restated problem
+# (first thinking line) gets extra loss weight on image examples so that reading is learned early.
+READ_WEIGHT = 3.0
+
+
+@dataclass
+class Example:
+    problem: pb.Problem | None  # None: out-of-domain prompt
+    long: bool
+    user_text: str
+    image: Image.Image | None = None
+    image_first: bool = True
+    system: str | None = None
+    slip_rate: float = 0.0
+
+
+def make_example(rng: random.Random, split: str = "train", *, image_rate: float = 0.3,
+                 long_rate: float = 0.5, ood_rate: float = 0.04, slip_rate: float = 0.1,
+                 short_easy_rate: float = 0.0, short_image_rate: float | None = None,
+                 exclude: frozenset[pb.Problem] = frozenset()) -> Example:
+    """One example. ``short_easy_rate``: share of short-mode problems drawn from the easy split (short
+    answers are cheap to train on, and easy problems answered directly need many repetitions);
+    ``short_image_rate``: image share for short mode (reading is learned in long mode, where the problem
+    is restated); ``exclude``: held-out evaluation problems never trained on."""
+    long = rng.random() < long_rate
+    system = rng.choice(SYSTEM_PROMPTS) if rng.random() < 0.05 else None
+    if split == "train" and rng.random() < ood_rate:
+        return Example(None, long, pb.ood_prompt(rng), system=system)
+    use_easy = short_easy_rate > 0 and not long and rng.random() < short_easy_rate
+    p = pb.sample_problem(rng, "easy" if use_easy else split)
+    while p in exclude:
+        p = pb.sample_problem(rng, "easy" if use_easy else split)
+    rate = image_rate if long or short_image_rate is None else short_image_rate
+    if rng.random() < rate:
+        image = render_problem(pb.image_text(p, rng), rng)
+        instruction = rng.choice(pb.IMAGE_INSTRUCTIONS)
+        return Example(p, long, instruction, image, rng.random() < 0.8, system, slip_rate)
+    return Example(p, long, pb.text_prompt(p, rng), system=system, slip_rate=slip_rate)
+
+
+def messages(ex: Example) -> list[dict[str, object]]:
+    """OpenAI-style chat messages for this example (as a client would send them)."""
+    out: list[dict[str, object]] = []
+    if ex.system:
+        out.append({"role": "system", "content": ex.system})
+    if ex.image is None:
+        out.append({"role": "user", "content": ex.user_text})
+    else:
+        parts: list[dict[str, object]] = [{"type": "image"}, {"type": "text", "text": ex.user_text}]
+        out.append({"role": "user", "content": parts if ex.image_first else parts[::-1]})
+    return out
+
+
+def prompt_text(ex: Example) -> str:
+    """The chat template's rendering, written out directly (fast); a test checks it matches the template."""
+    text = ""
+    if ex.system:
+        text += f"{tk.IM_START}system\n{ex.system}{tk.IM_END}\n"
+    if ex.image is None:
+        user = ex.user_text
+    else:
+        user = tk.IMAGE + ex.user_text if ex.image_first else ex.user_text + tk.IMAGE
+    text += f"{tk.IM_START}user\n{user}{tk.IM_END}\n{tk.IM_START}assistant\n"
+    text += f"{tk.THINK_START}\n" if ex.long else f"{tk.THINK_START}\n\n{tk.THINK_END}\n\n"
+    return text
+
+
+def expand_image(text: str) -> str:
+    """What the Idefics3 processor does to each <image> placeholder (no image splitting)."""
+    return text.replace(tk.IMAGE, tk.FAKE_IMAGE + tk.GLOBAL_IMAGE + tk.IMAGE * IMAGE_SEQ_LEN + tk.FAKE_IMAGE)
+
+
+def target_segments(ex: Example, rng: random.Random) -> list[tuple[str, float]]:
+    """The reply as (text, loss weight) segments; weight 0 marks a deliberate slip."""
+    trace = pb.ood_trace() if ex.problem is None else pb.long_trace(ex.problem, rng, ex.slip_rate)
+    tail = (f"{tk.THINK_END}\n\n" if ex.long else "") + trace.answer + tk.IM_END
+    if not ex.long:
+        return [(tail, 1.0)]
+    segs: list[tuple[str, float]] = []
+    thinking, pos = trace.thinking, 0
+    first_line_end = thinking.index("\n") + 1
+    cuts = sorted({first_line_end, *(x for span in trace.masked_spans for x in span)})
+    for cut in [*cuts, len(thinking)]:
+        if cut <= pos:
+            continue
+        piece = thinking[pos:cut]
+        weight = 0.0 if (pos, cut) in trace.masked_spans else 1.0
+        if pos == 0 and ex.image is not None:
+            weight = READ_WEIGHT
+        segs.append((piece, weight))
+        pos = cut
+    segs.append((tail, 1.0))
+    return segs
+
+
+def encode(ex: Example, tok: PreTrainedTokenizerFast, rng: random.Random) -> tuple[list[int], list[float]]:
+    """Token ids of prompt + reply and per-token loss weights (0 on the prompt)."""
+    ids = tok.encode(expand_image(prompt_text(ex)), add_special_tokens=False)
+    weights = [0.0] * len(ids)
+    for text, w in target_segments(ex, rng):
+        piece = tok.encode(text, add_special_tokens=False)
+        ids += piece
+        weights += [w] * len(piece)
+    return ids, weights
+
+
+def corpus(rng: random.Random, n: int) -> list[str]:
+    """Text for training the tokenizer: prompts and replies as the model will see them."""
+    out = []
+    for _ in range(n):
+        ex = make_example(rng, image_rate=0.1, ood_rate=0.1)
+        out.append(prompt_text(ex) + "".join(t for t, _ in target_segments(ex, rng)))
+    return out

@@ -1,0 +1,84 @@
+"""The model's own small tokenizer (byte-level BPE, every digit a single token) and its chat template."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import PreTrainedTokenizerFast
+
+PAD = "<|endoftext|>"
+IM_START = "<|im_start|>"
+IM_END = "<|im_end|>"
+THINK_START = "<think>"
+THINK_END = "</think>"
+IMAGE = "<image>"
+FAKE_IMAGE = "<fake_token_around_image>"
+GLOBAL_IMAGE = "<global-img>"
+END_OF_UTTERANCE = "<end_of_utterance>"
+# Tile tags the Idefics3 processor looks up; unused (no image splitting) but kept so lookups succeed.
+ROW_COL = [f"<row_{i + 1}_col_{j + 1}>" for i in range(6) for j in range(6)]
+
+SPECIAL = [PAD, IM_START, IM_END, IMAGE, FAKE_IMAGE, GLOBAL_IMAGE, END_OF_UTTERANCE, *ROW_COL]
+# Like Qwen3, <think> and </think> are single added tokens that are NOT skipped when decoding, so the
+# engine's reasoning parser sees them in the text as well as in the ids.
+THINK_TOKENS = [THINK_START, THINK_END]
+VOCAB_SIZE = 640
+
+# Qwen3 convention: thinking is on unless enable_thinking is false; then the generation prompt carries an
+# empty think block. In thinking mode the prompt already opens the block (as Qwen3-Thinking-2507 does), so
+# the engine's per-request thinking_token_budget counts from the first generated token and the model
+# always reasons. Earlier assistant turns are rendered without their thinking. Content may be a string
+# or a list of OpenAI-style parts; image parts become one <image> placeholder (the processor expands it).
+CHAT_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{%- if message['content'] is string -%}{%- set content = message['content'] -%}"
+    "{%- else -%}{%- set ns = namespace(c='') -%}"
+    "{%- for part in message['content'] -%}"
+    "{%- if part['type'] in ['image', 'image_url'] -%}{%- set ns.c = ns.c + '<image>' -%}"
+    "{%- elif part['type'] == 'text' -%}{%- set ns.c = ns.c + part['text'] -%}{%- endif -%}"
+    "{%- endfor -%}{%- set content = ns.c -%}{%- endif -%}"
+    "{%- if message['role'] == 'assistant' and '</think>' in content -%}"
+    "{%- set content = content.split('</think>')[-1].lstrip('\\n') -%}{%- endif -%}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' + content + '<|im_end|>\\n' -}}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}"
+    "{%- if enable_thinking is defined and enable_thinking is false -%}"
+    "{{- '<think>\\n\\n</think>\\n\\n' -}}{%- else -%}{{- '<think>\\n' -}}{%- endif -%}{%- endif -%}"
+)
+
+
+def train_tokenizer(corpus: Iterable[str]) -> Tokenizer:
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
+    )
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=VOCAB_SIZE,
+        special_tokens=SPECIAL,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(corpus, trainer=trainer)
+    tok.add_tokens([AddedToken(t, normalized=False, special=False) for t in THINK_TOKENS])
+    return tok
+
+
+def wrap(tok: Tokenizer) -> PreTrainedTokenizerFast:
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token=None,
+        eos_token=IM_END,
+        pad_token=PAD,
+        additional_special_tokens=[IMAGE, FAKE_IMAGE, END_OF_UTTERANCE],
+        model_max_length=1024,
+        clean_up_tokenization_spaces=False,
+    )
+    fast.chat_template = CHAT_TEMPLATE
+    return fast
+
+
+def load(model_dir: Path) -> PreTrainedTokenizerFast:
+    return PreTrainedTokenizerFast.from_pretrained(str(model_dir))
