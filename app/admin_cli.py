@@ -10,12 +10,22 @@ from app.db.engine import create_engine, migrate
 from app.keys import KeyLimits, KeyStore
 from app.metering.prices import format_usd
 
-CLEARABLE = {"budget": "budget_micros", "rpm": "rpm", "tpm": "tpm", "modes": "allowed_modes", "max-effort": "max_effort"}
+CLEARABLE = {
+    "budget": "budget_micros",
+    "rpm": "rpm",
+    "tpm": "tpm",
+    "modes": "allowed_modes",
+    "max-effort": "max_effort",
+}
 
 
 def _limits(args: argparse.Namespace) -> KeyLimits:
     return KeyLimits(
-        budget_micros=args.budget, rpm=args.rpm, tpm=args.tpm, allowed_modes=args.modes, max_effort=args.max_effort
+        budget_micros=args.budget,
+        rpm=args.rpm,
+        tpm=args.tpm,
+        allowed_modes=args.modes,
+        max_effort=args.max_effort,
     )
 
 

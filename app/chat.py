@@ -58,13 +58,11 @@ def check_permissions(principal: Principal, decision: ModeDecision) -> None:
             f"the mode came from {decision.source}",
             param=decision.source if decision.source != "auto" else "reasoning_mode",
         )
-    if principal.max_effort and decision.effort:
-        if EFFORT_ORDER.index(decision.effort) > EFFORT_ORDER.index(principal.max_effort):
-            raise PermissionDenied(
-                f"This API key may use reasoning effort up to {principal.max_effort!r}, "
-                f"not {decision.effort!r}",
-                param="reasoning_effort",
-            )
+    effort, cap = decision.effort, principal.max_effort
+    if effort and cap and EFFORT_ORDER.index(effort) > EFFORT_ORDER.index(cap):
+        raise PermissionDenied(
+            f"This API key may use reasoning effort up to {cap!r}, not {effort!r}", param="reasoning_effort"
+        )
 
 
 def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
@@ -106,17 +104,24 @@ async def _upstream_messages(
                 elif isinstance(part, ImagePart):
                     param = f"messages[{i}].content[{j}].image_url"
                     if not profile.vision:
-                        raise InvalidRequest(f"The model {request.model!r} does not accept images", param=param)
+                        raise InvalidRequest(
+                            f"The model {request.model!r} does not accept images", param=param
+                        )
                     images += 1
                     if images > media.max_images:
                         raise InvalidRequest(f"At most {media.max_images} images per request", param=param)
-                    limits = replace(media.limits, max_side=min(media.limits.max_side, profile.max_image_side))
-                    image = await normalize_image_url(part.image_url.url, limits, param=f"{param}.url", client=client)
+                    limits = replace(
+                        media.limits, max_side=min(media.limits.max_side, profile.max_image_side)
+                    )
+                    image = await normalize_image_url(
+                        part.image_url.url, limits, param=f"{param}.url", client=client
+                    )
                     parts.append({"type": "image_url", "image_url": {"url": image.data_url}})
             out["content"] = parts
         elif message.content is None and message.role in ("user", "system", "developer"):
-            raise InvalidRequest(f"messages[{i}].content is required for role {message.role!r}",
-                                 param=f"messages[{i}].content")
+            raise InvalidRequest(
+                f"messages[{i}].content is required for role {message.role!r}", param=f"messages[{i}].content"
+            )
         messages.append(out)
     return messages, size, images
 
@@ -135,7 +140,11 @@ async def prepare_chat(
     messages, prompt_bytes, images = await _upstream_messages(request, profile, media, client)
 
     max_tokens = request.output_bound() or profile.default_max_tokens
-    body = {key: value for key, value in request.model_dump(exclude_none=True).items() if key not in GATEWAY_FIELDS}
+    body = {
+        key: value
+        for key, value in request.model_dump(exclude_none=True).items()
+        if key not in GATEWAY_FIELDS
+    }
     body["model"] = model
     body["messages"] = messages
     body["stream"] = True
@@ -181,7 +190,9 @@ def _close_thinking_upfront(body: dict[str, Any], profile: ModelProfile) -> dict
     }
 
 
-def continuation_body(body: dict[str, Any], profile: ModelProfile, reasoning: str, remaining: int) -> dict[str, Any]:
+def continuation_body(
+    body: dict[str, Any], profile: ModelProfile, reasoning: str, remaining: int
+) -> dict[str, Any]:
     """The request that goes on after a forced end of thinking: the reasoning so far, closed, is
     prefilled as the assistant's turn, and the engine continues with the answer (prefix-cached)."""
     prefill = {"role": "assistant", "content": f"{profile.think_start}\n{reasoning}\n{profile.think_end}\n\n"}

@@ -35,7 +35,8 @@ SERVE_FLAGS: dict[str, dict[str, Any]] = {
     "max-image-bytes": {"type": int},
     "max-image-pixels": {"type": int},
     "max-images-per-request": {"type": int},
-    "image-url-allowlist": {"action": "append", "metavar": "HOST", "help": "host whose image URLs may be fetched"},
+    "image-url-allowlist": {"action": "append", "metavar": "HOST",
+                            "help": "host whose image URLs may be fetched"},
     "upstream-timeout-s": {"type": float},
     "health-interval-s": {"type": float},
     "no-affinity": {"dest": "affinity", "action": "store_const", "const": False,
@@ -77,15 +78,21 @@ def _add_limit_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="thinkgate", description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--database-url", default=argparse.SUPPRESS, help="SQLAlchemy URL (default: THINKGATE_DATABASE_URL)")
+    parser = argparse.ArgumentParser(
+        prog="thinkgate", description=__doc__.splitlines()[0] if __doc__ else None
+    )
+    parser.add_argument(
+        "--database-url", default=argparse.SUPPRESS, help="SQLAlchemy URL (default: THINKGATE_DATABASE_URL)"
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser("serve", help="run the gateway (and the embedded engine when no upstream)")
     for flag, options in SERVE_FLAGS.items():
         serve.add_argument(f"--{flag}", default=argparse.SUPPRESS, **options)
 
-    keys = commands.add_parser("keys", help="manage API keys").add_subparsers(dest="keys_command", required=True)
+    keys = commands.add_parser("keys", help="manage API keys").add_subparsers(
+        dest="keys_command", required=True
+    )
     create = keys.add_parser("create", help="create a key; its secret is printed on the last line")
     create.add_argument("--name", required=True)
     create.add_argument("--admin", action="store_true", help="the key may use the admin API")
@@ -96,8 +103,14 @@ def build_parser() -> argparse.ArgumentParser:
     update = keys.add_parser("update", help="change a key's limits")
     update.add_argument("id")
     _add_limit_flags(update)
-    update.add_argument("--clear", action="append", default=[], metavar="LIMIT",
-                        choices=["budget", "rpm", "tpm", "modes", "max-effort"], help="remove a limit")
+    update.add_argument(
+        "--clear",
+        action="append",
+        default=[],
+        metavar="LIMIT",
+        choices=["budget", "rpm", "tpm", "modes", "max-effort"],
+        help="remove a limit",
+    )
 
     usage = commands.add_parser("usage", help="usage and cost as a table")
     usage.add_argument("--key", help="only this key id")
@@ -118,13 +131,23 @@ def _serve(settings: Settings) -> None:
 
     app = create_app(settings)
     where = "embedded engine" if settings.embedded_engine else ", ".join(settings.upstreams)
-    logging.getLogger("thinkgate").info("Thinkgate on http://%s:%d (upstream: %s)", settings.host, settings.port, where)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info", access_log=False,
-                timeout_graceful_shutdown=15)
+    logging.getLogger("thinkgate").info(
+        "Thinkgate on http://%s:%d (upstream: %s)", settings.host, settings.port, where
+    )
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level="info",
+        access_log=False,
+        timeout_graceful_shutdown=15,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
     for noisy in ("alembic", "httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     parser = build_parser()

@@ -1,21 +1,22 @@
 """OpenAI-shaped errors, built in one place.
 
-    APIError                         {"error": {"message", "type", "param", "code"}}
-    ├── InvalidRequest      400      a field is wrong (names it in `param`)
-    │   └── ConflictingFields 400    two explicit choices disagree
-    ├── AuthenticationFailed 401
-    ├── PermissionDenied    403      the key may not use this mode/effort/route
-    ├── NotFound            404      unknown model or route
-    ├── IdempotencyConflict 409      the same Idempotency-Key is still running
-    ├── PayloadTooLarge     413
-    ├── QuotaExceeded       429      budget cannot cover the worst case (insufficient_quota)
-    ├── RateLimited         429      requests/tokens per minute (rate_limit_exceeded)
-    ├── UpstreamError       502      the engine answered with something unusable
-    └── EngineUnavailable   503      no healthy engine (with Retry-After)
+APIError                         {"error": {"message", "type", "param", "code"}}
+├── InvalidRequest      400      a field is wrong (names it in `param`)
+│   └── ConflictingFields 400    two explicit choices disagree
+├── AuthenticationFailed 401
+├── PermissionDenied    403      the key may not use this mode/effort/route
+├── NotFound            404      unknown model or route
+├── IdempotencyConflict 409      the same Idempotency-Key is still running
+├── PayloadTooLarge     413
+├── QuotaExceeded       429      budget cannot cover the worst case (insufficient_quota)
+├── RateLimited         429      requests/tokens per minute (rate_limit_exceeded)
+├── UpstreamError       502      the engine answered with something unusable
+└── EngineUnavailable   503      no healthy engine (with Retry-After)
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
@@ -149,7 +150,7 @@ def error_response(status: int, body: dict[str, Any], headers: dict[str, str] | 
 _TYPE_NAMES = frozenset({"str", "int", "float", "bool", "list", "dict", "none"})
 
 
-def _param(loc: tuple[object, ...] | list[object]) -> str:
+def _param(loc: Sequence[object]) -> str:
     """pydantic's error location as OpenAI names fields: `messages[0].content[1].image_url.url`.
 
     Union members (`str`, `list[...]`, model names) are dropped, and a discriminated union's tag,

@@ -79,7 +79,9 @@ class KeyStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
 
-    async def create(self, name: str, limits: KeyLimits = KeyLimits(), *, is_admin: bool = False) -> tuple[str, str]:
+    async def create(
+        self, name: str, limits: KeyLimits = KeyLimits(), *, is_admin: bool = False
+    ) -> tuple[str, str]:
         """Returns (key id, secret). The secret is shown once and only its hash is stored."""
         secret = SECRET_PREFIX + secrets.token_urlsafe(32)
         key_id = "key_" + secrets.token_hex(8)

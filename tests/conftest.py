@@ -60,8 +60,12 @@ def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
         yield Engine(external.rstrip("/"))
         return
     workdir = tmp_path_factory.mktemp("embedded")
-    with start_gateway(workdir, upstreams=[], args=("--no-auth", "--engine-log", str(workdir / "engine.log")),
-                       wait_ready=False) as embedded:
+    with start_gateway(
+        workdir,
+        upstreams=[],
+        args=("--no-auth", "--engine-log", str(workdir / "engine.log")),
+        wait_ready=False,
+    ) as embedded:
         url = _wait_engine(embedded)
         yield Engine(url, embedded=embedded)
     with contextlib.suppress(httpx.HTTPError):
@@ -80,8 +84,9 @@ def gateway(engine: Engine, tmp_path_factory: pytest.TempPathFactory) -> Iterato
 
 @pytest.fixture()
 def client(gateway: GatewayProcess) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=gateway.base_url, headers={"Authorization": f"Bearer {gateway.api_key}"},
-                      timeout=300) as http:
+    with httpx.Client(
+        base_url=gateway.base_url, headers={"Authorization": f"Bearer {gateway.api_key}"}, timeout=300
+    ) as http:
         yield http
 
 

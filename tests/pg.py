@@ -23,7 +23,6 @@ from pathlib import Path
 
 import psycopg
 import pytest
-
 from support import free_port
 
 SYSTEM_USER = "postgres"

@@ -50,7 +50,11 @@ class GatewayProcess:
     extra: dict[str, str] = field(default_factory=dict)
 
     def create_key(self, name: str, *flags: str) -> str:
-        return run_cli("keys", "create", "--name", name, *flags, database_url=self.database_url).strip().splitlines()[-1]
+        return (
+            run_cli("keys", "create", "--name", name, *flags, database_url=self.database_url)
+            .strip()
+            .splitlines()[-1]
+        )
 
     def cli(self, *args: str) -> str:
         return run_cli(*args, database_url=self.database_url)
@@ -126,3 +130,21 @@ def wait_http_ok(url: str, timeout_s: float = 60.0, process: subprocess.Popen[by
                 return
         time.sleep(0.2)
     raise AssertionError(f"{url} not ready within {timeout_s} s")
+
+
+def query_db(database_url: str, sql: str, **params: object) -> list[dict[str, object]]:
+    """Rows of one SQL query against a gateway's database (SQLite file or PostgreSQL), as dicts."""
+    import sqlalchemy
+
+    url = sqlalchemy.engine.make_url(database_url)
+    if url.get_backend_name() == "postgresql":
+        url = url.set(drivername="postgresql+psycopg")
+    elif url.get_backend_name() == "sqlite":
+        url = url.set(drivername="sqlite")
+    engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+    try:
+        with engine.begin() as conn:
+            result = conn.execute(sqlalchemy.text(sql), params)
+            return [dict(row._mapping) for row in result] if result.returns_rows else []
+    finally:
+        engine.dispose()

@@ -8,7 +8,6 @@ import time
 
 import httpx
 import pytest
-
 from conftest import Engine
 from support import GatewayProcess
 
@@ -42,7 +41,9 @@ def wait_until(predicate: object, timeout_s: float = 30.0) -> None:
     raise AssertionError("condition not reached")
 
 
-def test_disconnect_stops_the_engine_and_bills_what_was_generated(engine: Engine, gateway: GatewayProcess) -> None:
+def test_disconnect_stops_the_engine_and_bills_what_was_generated(
+    engine: Engine, gateway: GatewayProcess
+) -> None:
     generated_before = engine_counter(engine, "vllm:generation_tokens_total")
     body = {
         "model": "thinkgate-arith", "stream": True, "max_tokens": 900, "reasoning_mode": "long",

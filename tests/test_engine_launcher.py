@@ -90,6 +90,6 @@ async def test_a_tampered_checkpoint_is_refused(tmp_path: Path) -> None:
             (copy / item.name).write_bytes(item.read_bytes())
     (copy / "config.json").write_text((copy / "config.json").read_text() + " ")
     engine = EmbeddedEngine(PROFILE, copy, log_path=tmp_path / "engine.log")
-    with pytest.raises(CheckpointError, match="config.json"):
+    with pytest.raises(CheckpointError, match=r"config\.json"):
         engine.spawn()
     assert engine.process is None

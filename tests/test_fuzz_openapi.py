@@ -11,7 +11,6 @@ import httpx
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
-
 from support import GatewayProcess
 
 pytestmark = [pytest.mark.engine, pytest.mark.slow]
@@ -46,8 +45,13 @@ def test_every_route_survives_fuzzing(gateway: GatewayProcess, fuzz_key: str) ->
     for operation in operations:
 
         @given(case=operation.as_strategy())
-        @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True,
-                  database=None)
+        @settings(
+            max_examples=40,
+            deadline=None,
+            suppress_health_check=list(HealthCheck),
+            derandomize=True,
+            database=None,
+        )
         def fuzz(case: schemathesis.Case) -> None:
             check_case(case, gateway.base_url, fuzz_key)
 
@@ -57,7 +61,18 @@ def test_every_route_survives_fuzzing(gateway: GatewayProcess, fuzz_key: str) ->
 def test_schema_describes_the_chat_fields(gateway: GatewayProcess) -> None:
     spec = httpx.get(f"{gateway.base_url}/openapi.json").json()
     request = spec["components"]["schemas"]["ChatCompletionRequest"]["properties"]
-    for name in ("model", "messages", "stream", "max_completion_tokens", "reasoning_mode", "reasoning_effort",
-                 "reasoning", "thinking", "chat_template_kwargs", "include_reasoning", "stream_options"):
+    for name in (
+        "model",
+        "messages",
+        "stream",
+        "max_completion_tokens",
+        "reasoning_mode",
+        "reasoning_effort",
+        "reasoning",
+        "thinking",
+        "chat_template_kwargs",
+        "include_reasoning",
+        "stream_options",
+    ):
         assert name in request, name
     assert "422" not in spec["paths"]["/v1/chat/completions"]["post"]["responses"]

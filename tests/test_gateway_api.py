@@ -10,7 +10,6 @@ import httpx
 import openai
 import pytest
 from PIL import Image, ImageDraw
-
 from support import GatewayProcess
 
 pytestmark = pytest.mark.engine
@@ -21,7 +20,9 @@ PROBLEM = "What is 4821 + 3377?"
 
 @pytest.fixture()
 def sdk(gateway: GatewayProcess) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{gateway.base_url}/v1", api_key=gateway.api_key, max_retries=0, timeout=300)
+    return openai.OpenAI(
+        base_url=f"{gateway.base_url}/v1", api_key=gateway.api_key, max_retries=0, timeout=300
+    )
 
 
 def problem_png(text: str = "123 + 456") -> str:
@@ -156,7 +157,8 @@ def test_n_choices(sdk: openai.OpenAI) -> None:
     [
         ({"model": MODEL, "messages": []}, 400, "messages"),
         ({"model": MODEL, "messages": [{"role": "wizard", "content": "x"}]}, 400, "messages[0].role"),
-        ({"model": MODEL, "messages": [{"role": "user", "content": "x"}], "temperature": 9}, 400, "temperature"),
+        ({"model": MODEL, "messages": [{"role": "user", "content": "x"}], "temperature": 9}, 400,
+         "temperature"),
         ({"model": MODEL, "messages": [{"role": "user", "content": "x"}], "reasoning_mode": "long",
           "reasoning_effort": "none"}, 400, "reasoning_mode,reasoning_effort"),
         ({"model": "no-such-model", "messages": [{"role": "user", "content": "x"}]}, 404, "model"),
@@ -168,7 +170,9 @@ def test_n_choices(sdk: openai.OpenAI) -> None:
          "messages[0].content[0].image_url.url"),
     ],
 )  # fmt: skip
-def test_bad_requests_get_openai_errors(client: httpx.Client, body: dict[str, Any], status: int, param: str) -> None:
+def test_bad_requests_get_openai_errors(
+    client: httpx.Client, body: dict[str, Any], status: int, param: str
+) -> None:
     response = client.post("/v1/chat/completions", json=body)
     assert response.status_code == status, response.text
     error = response.json()["error"]
@@ -178,14 +182,18 @@ def test_bad_requests_get_openai_errors(client: httpx.Client, body: dict[str, An
 
 
 def test_invalid_json_is_a_400(client: httpx.Client) -> None:
-    response = client.post("/v1/chat/completions", content=b"{not json", headers={"content-type": "application/json"})
+    response = client.post(
+        "/v1/chat/completions", content=b"{not json", headers={"content-type": "application/json"}
+    )
     assert response.status_code == 400
     assert response.json()["error"]["code"] == "invalid_json"
 
 
 def test_wrong_and_revoked_keys_are_refused(gateway: GatewayProcess) -> None:
     body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
-    wrong = httpx.post(f"{gateway.base_url}/v1/chat/completions", json=body, headers={"Authorization": "Bearer tg-nope"})
+    wrong = httpx.post(
+        f"{gateway.base_url}/v1/chat/completions", json=body, headers={"Authorization": "Bearer tg-nope"}
+    )
     assert wrong.status_code == 401 and wrong.json()["error"]["type"] == "authentication_error"
     missing = httpx.get(f"{gateway.base_url}/v1/models")
     assert missing.status_code == 401
@@ -202,8 +210,10 @@ def test_health_ready_metrics(gateway: GatewayProcess, client: httpx.Client) -> 
     assert httpx.get(f"{gateway.base_url}/health").json() == {"status": "ok"}
     ready = httpx.get(f"{gateway.base_url}/ready")
     assert ready.status_code == 200 and ready.json()["status"] == "ready"
-    client.post("/v1/chat/completions", json={"model": f"{MODEL}:short", "max_tokens": 3,
-                                              "messages": [{"role": "user", "content": "1 + 1"}]})
+    client.post(
+        "/v1/chat/completions",
+        json={"model": f"{MODEL}:short", "max_tokens": 3, "messages": [{"role": "user", "content": "1 + 1"}]},
+    )
     text = httpx.get(f"{gateway.base_url}/metrics").text
     assert 'thinkgate_requests_total{mode="short",model="thinkgate-arith",status=' in text
     assert "thinkgate_tokens_total" in text

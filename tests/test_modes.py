@@ -17,7 +17,9 @@ ARITH = PROFILES.by_name("thinkgate-arith")
 PLAIN = PROFILES.by_name("plain")
 
 
-def decide(profile: Any = ARITH, model: str = "thinkgate-arith", text: str = "hello there", **fields: Any) -> Any:
+def decide(
+    profile: Any = ARITH, model: str = "thinkgate-arith", text: str = "hello there", **fields: Any
+) -> Any:
     request = ChatCompletionRequest.model_validate(
         {"model": model, "messages": [{"role": "user", "content": text}], **fields}
     )
@@ -44,7 +46,11 @@ def decide(profile: Any = ARITH, model: str = "thinkgate-arith", text: str = "he
         ({"thinking": {"type": "enabled", "budget_tokens": 300}}, "long", "thinking.type"),
         ({"thinking": {"type": "disabled"}}, "short", "thinking.type"),
         ({"chat_template_kwargs": {"enable_thinking": True}}, "long", "chat_template_kwargs.enable_thinking"),
-        ({"chat_template_kwargs": {"enable_thinking": False}}, "short", "chat_template_kwargs.enable_thinking"),
+        (
+            {"chat_template_kwargs": {"enable_thinking": False}},
+            "short",
+            "chat_template_kwargs.enable_thinking",
+        ),
         ({"chat_template_kwargs": {"thinking": False}}, "short", "chat_template_kwargs.thinking"),
     ],
 )
@@ -81,7 +87,8 @@ def test_short_has_no_budget() -> None:
         ({"model": "thinkgate-arith:short", "thinking": {"type": "enabled"}}, "model,thinking.type"),
         ({"reasoning": {"enabled": True}, "chat_template_kwargs": {"enable_thinking": False}},
          "reasoning.enabled,chat_template_kwargs.enable_thinking"),
-        ({"reasoning_effort": "high", "reasoning": {"effort": "minimal"}}, "reasoning_effort,reasoning.effort"),
+        ({"reasoning_effort": "high", "reasoning": {"effort": "minimal"}},
+         "reasoning_effort,reasoning.effort"),
     ],
 )  # fmt: skip
 def test_contradictions_name_both_fields(fields: dict[str, Any], named: str) -> None:

@@ -33,8 +33,12 @@ def test_models_resolve_to_their_family(model: str, profile: str) -> None:
 
 
 def test_switches_become_upstream_fields() -> None:
-    assert PROFILES.by_name("qwen3").upstream_switch("short") == {"chat_template_kwargs": {"enable_thinking": False}}
-    assert PROFILES.by_name("deepseek-v3.1").upstream_switch("long") == {"chat_template_kwargs": {"thinking": True}}
+    assert PROFILES.by_name("qwen3").upstream_switch("short") == {
+        "chat_template_kwargs": {"enable_thinking": False}
+    }
+    assert PROFILES.by_name("deepseek-v3.1").upstream_switch("long") == {
+        "chat_template_kwargs": {"thinking": True}
+    }
     assert PROFILES.by_name("kimi").upstream_switch("long") == {"thinking": {"type": "enabled"}}
     assert PROFILES.by_name("deepseek-r1").always_thinks
     assert not PROFILES.by_name("plain").reasoning

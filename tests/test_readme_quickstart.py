@@ -15,7 +15,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from support import GatewayProcess
 
 pytestmark = pytest.mark.engine
@@ -42,17 +41,24 @@ def test_quickstart_runs_as_written(gateway: GatewayProcess) -> None:
     blocks = quickstart_blocks()
     assert [lang for lang, _ in blocks] == ["bash", "bash", "bash", "python"]
     port = gateway.base_url.rsplit(":", 1)[1]
-    env = {**os.environ, "THINKGATE_DATABASE_URL": gateway.database_url, "PATH": f"{ROOT / '.venv' / 'bin'}:{os.environ['PATH']}"}
+    env = {
+        **os.environ,
+        "THINKGATE_DATABASE_URL": gateway.database_url,
+        "PATH": f"{ROOT / '.venv' / 'bin'}:{os.environ['PATH']}",
+    }
     outputs = []
     for lang, code in blocks:
         code = code.replace("localhost:8000", f"127.0.0.1:{port}")
         if lang == "bash":
             # One shell per block, with what earlier blocks exported carried over.
             script = f"set -euo pipefail\n{code}\necho __ENV__ THINKGATE_API_KEY=${{THINKGATE_API_KEY:-}}"
-            result = subprocess.run(["bash", "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+            result = subprocess.run(
+                ["bash", "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+            )
         else:
-            result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
-                                    timeout=300)
+            result = subprocess.run(
+                [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+            )
         assert result.returncode == 0, f"{lang} block failed:\n{code}\n{result.stderr}"
         stdout = result.stdout
         if "__ENV__ THINKGATE_API_KEY=" in stdout:

@@ -100,8 +100,14 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def http_error(request: Request, exc: HTTPException) -> Response:
         if exc.status_code == 404:
             return NotFound(f"No route {request.method} {request.url.path}").response()
-        body = {"error": {"message": str(exc.detail), "type": "invalid_request_error", "param": None,
-                          "code": f"http_{exc.status_code}"}}
+        body = {
+            "error": {
+                "message": str(exc.detail),
+                "type": "invalid_request_error",
+                "param": None,
+                "code": f"http_{exc.status_code}",
+            }
+        }
         return error_response(exc.status_code, body, dict(exc.headers or {}))
 
     @app.exception_handler(Exception)
@@ -109,8 +115,14 @@ def _install_error_handlers(app: FastAPI) -> None:
         if isinstance(exc, APIError):  # raised inside middleware (body limit)
             return exc.response()
         log.exception("unhandled error")
-        body = {"error": {"message": "Internal error in the gateway; it has been logged.", "type": "server_error",
-                          "param": None, "code": "internal_error"}}
+        body = {
+            "error": {
+                "message": "Internal error in the gateway; it has been logged.",
+                "type": "server_error",
+                "param": None,
+                "code": "internal_error",
+            }
+        }
         return error_response(500, body)
 
 
@@ -140,8 +152,15 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
         for operation in path.values():
             responses = operation.get("responses", {})
             if responses.pop("422", None) is not None:
-                responses.setdefault("400", {"description": "Invalid request",
-                                             "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}})
+                responses.setdefault(
+                    "400",
+                    {
+                        "description": "Invalid request",
+                        "content": {
+                            "application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}
+                        },
+                    },
+                )
     schema["components"]["schemas"].pop("HTTPValidationError", None)
     schema["components"]["schemas"].pop("ValidationError", None)
     app.openapi_schema = schema
@@ -162,7 +181,7 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> FastAPI:
     app = FastAPI(
         title="Thinkgate",
         version=__version__,
-        description="OpenAI-compatible gateway for reasoning models: long-CoT and short-CoT from one set of weights.",
+        description="OpenAI-compatible gateway for long-CoT and short-CoT reasoning from one set of weights.",
         lifespan=lifespan,
     )
     _install_error_handlers(app)

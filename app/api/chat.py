@@ -29,8 +29,9 @@ from app.relay import ChatRun, EngineFailure
 router = APIRouter()
 
 CHECKPOINT_EVERY_S = 2.0
+ERROR_SCHEMA = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    status: {"description": text, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}}
+    status: {"description": text, "content": ERROR_SCHEMA}
     for status, text in [
         (400, "Invalid request (the field is named in error.param)"),
         (401, "Missing or wrong API key"),
@@ -48,8 +49,10 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 @router.post(
     "/v1/chat/completions",
     response_model=None,
-    responses={200: {"description": "A chat.completion object, or an SSE stream of chat.completion.chunk"},
-               **ERROR_RESPONSES},
+    responses={
+        200: {"description": "A chat.completion object, or an SSE stream of chat.completion.chunk"},
+        **ERROR_RESPONSES,
+    },
     summary="Create a chat completion (long-CoT or short-CoT)",
 )
 async def create_chat_completion(
@@ -70,8 +73,13 @@ def _affinity(principal: Principal, request: ChatCompletionRequest) -> str:
 class Completion:
     """One request's way through the gateway."""
 
-    def __init__(self, gateway: Gateway, principal: Principal, request: ChatCompletionRequest,
-                 idempotency_key: str | None) -> None:
+    def __init__(
+        self,
+        gateway: Gateway,
+        principal: Principal,
+        request: ChatCompletionRequest,
+        idempotency_key: str | None,
+    ) -> None:
         self.gateway = gateway
         self.principal = principal
         self.request = request
@@ -89,7 +97,10 @@ class Completion:
     async def _reject(self, error: APIError, mode: str = "-") -> None:
         if self.gateway.settings.metering:
             await self.gateway.ledger.reject(
-                self.principal, request_id=self.request_id, model=self.request.model, mode=mode,
+                self.principal,
+                request_id=self.request_id,
+                model=self.request.model,
+                mode=mode,
                 reason=f"{error.code or error.type}: {error.message}"[:500],
             )
         self.gateway.metrics.requests.labels(self.request.model, mode, "rejected").inc()
@@ -119,15 +130,19 @@ class Completion:
         gateway.metrics.mode_decisions.labels(decision.mode, decision.source).inc()
         prices = prepared.profile.prices[decision.mode]
         try:
-            self.handle = None if not metering else await gateway.ledger.open(
-                self.principal,
-                request_id=prepared.request_id,
-                model=prepared.model,
-                mode=decision.mode,
-                mode_source=decision.source,
-                effort=decision.effort,
-                reserve_micros=worst_case_micros(prices, prepared.prompt_bound, prepared.output_bound),
-                idempotency_key=self.idempotency_key,
+            self.handle = (
+                None
+                if not metering
+                else await gateway.ledger.open(
+                    self.principal,
+                    request_id=prepared.request_id,
+                    model=prepared.model,
+                    mode=decision.mode,
+                    mode_source=decision.source,
+                    effort=decision.effort,
+                    reserve_micros=worst_case_micros(prices, prepared.prompt_bound, prepared.output_bound),
+                    idempotency_key=self.idempotency_key,
+                )
             )
         except APIError as error:
             await gateway.limiter.correct(self.principal, self.window, token_bound, 0)
@@ -138,9 +153,13 @@ class Completion:
             raise
         self.request_id = prepared.request_id
         keep_text = not self.request.stream or self.idempotency_key is not None
-        self.run = ChatRun(prepared, gateway.pool, gateway.client,
-                           affinity=_affinity(self.principal, self.request) if gateway.settings.affinity else None,
-                           keep_text=keep_text)
+        self.run = ChatRun(
+            prepared,
+            gateway.pool,
+            gateway.client,
+            affinity=_affinity(self.principal, self.request) if gateway.settings.affinity else None,
+            keep_text=keep_text,
+        )
         gateway.metrics.in_flight.inc()
         try:
             await self.run.start()
@@ -149,8 +168,11 @@ class Completion:
             self.error = str(error)[:500]
             await self.finish(disconnected=False)
             raise
-        headers = {"x-request-id": self.request_id, "x-reasoning-mode": decision.mode,
-                   "x-reasoning-mode-reason": decision.reason}
+        headers = {
+            "x-request-id": self.request_id,
+            "x-reasoning-mode": decision.mode,
+            "x-reasoning-mode-reason": decision.reason,
+        }
         if self.request.stream:
             return SSEResponse(self.frames(), self.finish, headers)
         return DeferredJSONResponse(self.complete, self.finish)
@@ -169,13 +191,19 @@ class Completion:
             "completion_tokens": counts.completion,
             "total_tokens": counts.prompt + counts.completion,
             "prompt_tokens_details": {"cached_tokens": counts.cached, "image_tokens": counts.image},
-            "completion_tokens_details": {"reasoning_tokens": counts.reasoning, "answer_tokens": counts.answer},
+            "completion_tokens_details": {
+                "reasoning_tokens": counts.reasoning,
+                "answer_tokens": counts.answer,
+            },
             "cost": to_usd(self._cost()),
         }
 
     def _mode_fields(self) -> dict[str, str]:
         assert self.prepared is not None
-        return {"reasoning_mode": self.prepared.decision.mode, "reasoning_mode_reason": self.prepared.decision.reason}
+        return {
+            "reasoning_mode": self.prepared.decision.mode,
+            "reasoning_mode_reason": self.prepared.decision.reason,
+        }
 
     def _maybe_checkpoint(self) -> None:
         now = time.monotonic()
@@ -212,11 +240,20 @@ class Completion:
             self.status = self._final_status()
         except (EngineFailure, APIError) as error:
             self.status, self.error = "engine_error", str(error)[:500]
-            failure = error if isinstance(error, APIError) else UpstreamError(f"The engine failed mid-stream: {error}")
+            failure = (
+                error
+                if isinstance(error, APIError)
+                else UpstreamError(f"The engine failed mid-stream: {error}")
+            )
             yield b"data: " + orjson.dumps(failure.body()) + b"\n\n"
         if include_usage:
-            final = {**fixed, "object": "chat.completion.chunk", "created": self.run.created, "choices": [],
-                     "usage": self._usage()}
+            final = {
+                **fixed,
+                "object": "chat.completion.chunk",
+                "created": self.run.created,
+                "choices": [],
+                "usage": self._usage(),
+            }
             yield b"data: " + orjson.dumps(final) + b"\n\n"
         yield b"data: [DONE]\n\n"
 
@@ -233,7 +270,9 @@ class Completion:
                 message["reasoning_content"] = message["reasoning"] = reasoning
             if state.tool_calls:
                 message["tool_calls"] = [state.tool_calls[i] for i in sorted(state.tool_calls)]
-            choices.append({"index": index, "message": message, "finish_reason": state.finish_reason, "logprobs": None})
+            choices.append(
+                {"index": index, "message": message, "finish_reason": state.finish_reason, "logprobs": None}
+            )
         return {
             "id": self.request_id,
             "object": "chat.completion",
@@ -246,8 +285,11 @@ class Completion:
 
     async def complete(self) -> tuple[int, bytes, dict[str, str]]:
         assert self.run is not None and self.prepared is not None
-        headers = {"x-request-id": self.request_id, "x-reasoning-mode": self.prepared.decision.mode,
-                   "x-reasoning-mode-reason": self.prepared.decision.reason}
+        headers = {
+            "x-request-id": self.request_id,
+            "x-reasoning-mode": self.prepared.decision.mode,
+            "x-reasoning-mode-reason": self.prepared.decision.reason,
+        }
         try:
             async for _ in self.run.chunks():
                 self._maybe_checkpoint()
@@ -278,12 +320,20 @@ class Completion:
                 stored = orjson.dumps(self._completion_body()).decode()
             await gateway.ledger.settle(
                 self.handle,
-                Outcome(status=self.status, counts=counts, cost_micros=cost,
-                        finish_reason=run.finish_reason(), error=self.error, ttft_ms=run.ttft_ms),
+                Outcome(
+                    status=self.status,
+                    counts=counts,
+                    cost_micros=cost,
+                    finish_reason=run.finish_reason(),
+                    error=self.error,
+                    ttft_ms=run.ttft_ms,
+                ),
                 response_json=stored,
             )
             await gateway.limiter.correct(
-                self.principal, self.window, self.prepared.prompt_bound + self.prepared.output_bound,
+                self.principal,
+                self.window,
+                self.prepared.prompt_bound + self.prepared.output_bound,
                 counts.prompt + counts.completion,
             )
         metrics, model, mode = gateway.metrics, self.prepared.model, decision.mode
@@ -304,8 +354,12 @@ def _strip_reasoning(chunk: dict[str, Any]) -> bool:
         delta = choice.get("delta") or {}
         delta.pop("reasoning", None)
         delta.pop("reasoning_content", None)
-        keep = keep or bool(delta.get("content") or delta.get("tool_calls") or delta.get("role")
-                            or choice.get("finish_reason"))
+        keep = keep or bool(
+            delta.get("content")
+            or delta.get("tool_calls")
+            or delta.get("role")
+            or choice.get("finish_reason")
+        )
     return keep
 
 
@@ -323,11 +377,25 @@ def _replay_response(stored: dict[str, Any], stream: bool) -> Any:
         for choice in stored.get("choices", []):
             message = choice.get("message", {})
             delta = {k: v for k, v in message.items() if v is not None}
-            out = {**base, "object": "chat.completion.chunk",
-                   "choices": [{"index": choice.get("index", 0), "delta": delta, "finish_reason": choice.get("finish_reason")}]}
+            out = {
+                **base,
+                "object": "chat.completion.chunk",
+                "choices": [
+                    {
+                        "index": choice.get("index", 0),
+                        "delta": delta,
+                        "finish_reason": choice.get("finish_reason"),
+                    }
+                ],
+            }
             yield b"data: " + orjson.dumps(out) + b"\n\n"
-        yield b"data: " + orjson.dumps({**base, "object": "chat.completion.chunk", "choices": [],
-                                        "usage": stored.get("usage")}) + b"\n\n"
+        yield (
+            b"data: "
+            + orjson.dumps(
+                {**base, "object": "chat.completion.chunk", "choices": [], "usage": stored.get("usage")}
+            )
+            + b"\n\n"
+        )
         yield b"data: [DONE]\n\n"
 
     return StreamingResponse(frames(), media_type="text/event-stream", headers=headers)

@@ -39,7 +39,8 @@ async def get_principal(request: Request, gateway: GatewayDep) -> Principal:
         if gateway.settings.no_auth:
             return ANONYMOUS
         raise AuthenticationFailed(
-            "No API key provided. Send 'Authorization: Bearer <key>'; create one with `thinkgate keys create`."
+            "No API key provided. Send 'Authorization: Bearer <key>'; "
+            "create one with `thinkgate keys create`."
         )
     principal = await gateway.keys.authenticate(secret)
     if principal is None:

@@ -20,10 +20,18 @@ async def health() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/ready", summary="At least one engine replica answers", responses={503: {"description": "Not ready"}})
+@router.get(
+    "/ready", summary="At least one engine replica answers", responses={503: {"description": "Not ready"}}
+)
 async def ready(gateway: GatewayDep) -> JSONResponse:
     replicas = [
-        {"url": r.url, "healthy": r.healthy, "in_flight": r.in_flight, "models": sorted(r.models), "error": r.last_error}
+        {
+            "url": r.url,
+            "healthy": r.healthy,
+            "in_flight": r.in_flight,
+            "models": sorted(r.models),
+            "error": r.last_error,
+        }
         for r in gateway.pool.replicas
     ]
     body: dict[str, Any] = {"status": "ready" if gateway.pool.ready else "starting", "replicas": replicas}

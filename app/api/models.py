@@ -28,5 +28,7 @@ async def list_models(_: CurrentPrincipal, gateway: GatewayDep) -> dict[str, Any
         data.append({"id": model, **entry, "thinkgate": caps})
         if profile.reasoning:
             for mode in ("long", "short"):
-                data.append({"id": f"{model}:{mode}", **entry, "thinkgate": {**caps, "alias_of": model, "mode": mode}})
+                data.append(
+                    {"id": f"{model}:{mode}", **entry, "thinkgate": {**caps, "alias_of": model, "mode": mode}}
+                )
     return {"object": "list", "data": data}

@@ -18,7 +18,9 @@ class _Strict(BaseModel):
 
 
 class ImageURL(_Strict):
-    url: str = Field(min_length=1, description="A data: URL (png, jpeg, webp, gif) or an allowlisted https URL.")
+    url: str = Field(
+        min_length=1, description="A data: URL (png, jpeg, webp, gif) or an allowlisted https URL."
+    )
     detail: Literal["auto", "low", "high"] | None = None
 
 
@@ -42,7 +44,9 @@ class ChatMessage(BaseModel):
     content: str | list[ContentPart] | None = None
     name: str | None = None
     reasoning_content: str | None = Field(None, description="Past reasoning (accepted, not sent upstream).")
-    reasoning: str | None = Field(None, description="Alias of reasoning_content (accepted, not sent upstream).")
+    reasoning: str | None = Field(
+        None, description="Alias of reasoning_content (accepted, not sent upstream)."
+    )
 
 
 class StreamOptions(_Strict):
@@ -54,7 +58,9 @@ class ReasoningOptions(_Strict):
     """OpenRouter's `reasoning` object."""
 
     effort: Effort | None = None
-    max_tokens: int | None = Field(None, ge=0, description="Thinking budget in tokens (0 turns thinking off).")
+    max_tokens: int | None = Field(
+        None, ge=0, description="Thinking budget in tokens (0 turns thinking off)."
+    )
     exclude: bool = False
     enabled: bool | None = None
 
@@ -71,12 +77,16 @@ class ChatCompletionRequest(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    model: str = Field(min_length=1, description="A served model id, optionally with a :long or :short suffix.")
+    model: str = Field(
+        min_length=1, description="A served model id, optionally with a :long or :short suffix."
+    )
     messages: list[ChatMessage] = Field(min_length=1)
     stream: bool = False
     stream_options: StreamOptions | None = None
     max_tokens: int | None = Field(None, ge=1, description="Bound on generated tokens (reasoning + answer).")
-    max_completion_tokens: int | None = Field(None, ge=1, description="Same as max_tokens (OpenAI's newer name).")
+    max_completion_tokens: int | None = Field(
+        None, ge=1, description="Same as max_tokens (OpenAI's newer name)."
+    )
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
     seed: int | None = None
@@ -91,7 +101,9 @@ class ChatCompletionRequest(BaseModel):
     reasoning: ReasoningOptions | None = None
     thinking: ThinkingOptions | None = None
     chat_template_kwargs: dict[str, Any] | None = None
-    include_reasoning: bool | None = Field(None, description="false hides reasoning (still generated, counted).")
+    include_reasoning: bool | None = Field(
+        None, description="false hides reasoning (still generated, counted)."
+    )
 
     @field_validator("stop")
     @classmethod

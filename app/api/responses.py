@@ -59,12 +59,14 @@ class SSEResponse(Response):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         disconnected = True
         try:
-            await send({
-                "type": "http.response.start",
-                "status": 200,
-                "headers": _headers({**self.extra_headers, "cache-control": "no-cache", "x-accel-buffering": "no"},
-                                    b"text/event-stream; charset=utf-8"),
-            })  # fmt: skip
+            headers = {**self.extra_headers, "cache-control": "no-cache", "x-accel-buffering": "no"}
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 200,
+                    "headers": _headers(headers, b"text/event-stream; charset=utf-8"),
+                }
+            )
 
             async def pump() -> None:
                 async for frame in self.frames:
@@ -103,8 +105,13 @@ class DeferredJSONResponse(Response):
             disconnected = await _race(work(), receive)
             if not disconnected and self.result is not None:
                 status, body, headers = self.result
-                await send({"type": "http.response.start", "status": status,
-                            "headers": _headers(headers, b"application/json")})
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": status,
+                        "headers": _headers(headers, b"application/json"),
+                    }
+                )
                 await send({"type": "http.response.body", "body": body})
         except OSError:
             disconnected = True

@@ -50,7 +50,9 @@ usage_records = Table(
     Column("mode", String(8), nullable=False),
     Column("mode_source", String(64), nullable=False),
     Column("effort", String(16)),
-    Column("status", String(16), nullable=False),  # open, completed, length, aborted, engine_error, rejected, interrupted
+    Column(
+        "status", String(16), nullable=False
+    ),  # open, completed, length, aborted, engine_error, rejected, interrupted
     Column("finish_reason", String(32)),
     Column("error", Text),
     Column("prompt_tokens", Integer, nullable=False, default=0),

@@ -143,7 +143,11 @@ class EmbeddedEngine:
                     await asyncio.sleep(1.0)
                 if self._stopping:
                     return
-                log.error("engine exited with code %s; see %s", self.process and self.process.returncode, self.log_path)
+                log.error(
+                    "engine exited with code %s; see %s",
+                    self.process and self.process.returncode,
+                    self.log_path,
+                )
             except (RuntimeError, TimeoutError) as exc:
                 log.error("%s", exc)
                 self.terminate()

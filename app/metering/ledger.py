@@ -124,12 +124,17 @@ class Ledger:
                     rejected = {**record, "idempotency_key": None}
                     await conn.execute(
                         insert(usage_records).values(
-                            **rejected, status="rejected", settled_at=now, duration_ms=0.0,
+                            **rejected,
+                            status="rejected",
+                            settled_at=now,
+                            duration_ms=0.0,
                             error="insufficient_quota",
                         )
                     )
                     return False
-            await conn.execute(insert(usage_records).values(**record, status="open", reserved_micros=reserve_micros))
+            await conn.execute(
+                insert(usage_records).values(**record, status="open", reserved_micros=reserve_micros)
+            )
         return True
 
     async def replay(self, principal: Principal, idempotency_key: str) -> dict[str, Any] | None:
@@ -137,9 +142,16 @@ class Ledger:
 
         A still-running one is a 409. A failed one frees the key for this retry; its record stays.
         """
-        where = (usage_records.c.key_id == principal.key_id, usage_records.c.idempotency_key == idempotency_key)
+        where = (
+            usage_records.c.key_id == principal.key_id,
+            usage_records.c.idempotency_key == idempotency_key,
+        )
         async with self.engine.begin() as conn:
-            row = (await conn.execute(select(usage_records.c.status, usage_records.c.response_json).where(*where))).first()
+            row = (
+                await conn.execute(
+                    select(usage_records.c.status, usage_records.c.response_json).where(*where)
+                )
+            ).first()
             if row is None:
                 return None
             if row.status == "open":
@@ -153,15 +165,25 @@ class Ledger:
             await conn.execute(update(usage_records).where(*where).values(idempotency_key=None))
         return None
 
-    async def reject(self, principal: Principal, *, request_id: str, model: str, mode: str, reason: str) -> None:
+    async def reject(
+        self, principal: Principal, *, request_id: str, model: str, mode: str, reason: str
+    ) -> None:
         """Record a request refused before any reservation (limits, permissions)."""
         now = time.time()
         async with self.engine.begin() as conn:
             await conn.execute(
                 insert(usage_records).values(
-                    id=request_id, key_id=principal.key_id, created_at=now, settled_at=now,
-                    instance_id=self.instance_id, model=model, mode=mode, mode_source="-",
-                    status="rejected", error=reason, duration_ms=0.0,
+                    id=request_id,
+                    key_id=principal.key_id,
+                    created_at=now,
+                    settled_at=now,
+                    instance_id=self.instance_id,
+                    model=model,
+                    mode=mode,
+                    mode_source="-",
+                    status="rejected",
+                    error=reason,
+                    duration_ms=0.0,
                 )
             )
 
@@ -174,7 +196,9 @@ class Ledger:
                 .values(**_count_columns(counts))
             )
 
-    async def settle(self, handle: OpenRequest, outcome: Outcome, *, response_json: str | None = None) -> bool:
+    async def settle(
+        self, handle: OpenRequest, outcome: Outcome, *, response_json: str | None = None
+    ) -> bool:
         """Close the record and move reserved → spent; False if it was already closed (reconciled)."""
         now = time.time()
         async with self.engine.begin() as conn:
@@ -206,7 +230,9 @@ class Ledger:
                 update(instances).where(instances.c.id == self.instance_id).values(heartbeat_at=now)
             )
             if updated.rowcount == 0:
-                await conn.execute(insert(instances).values(id=self.instance_id, started_at=now, heartbeat_at=now))
+                await conn.execute(
+                    insert(instances).values(id=self.instance_id, started_at=now, heartbeat_at=now)
+                )
 
     async def reconcile(self, *, stale_after_s: float = 60.0, own: bool = False) -> int:
         """Close open records of dead gateways as `interrupted`, billing their checkpointed tokens.
@@ -246,7 +272,9 @@ class Ledger:
             closed = await conn.execute(
                 update(usage_records)
                 .where(usage_records.c.id == row.id, usage_records.c.status == "open")
-                .values(status="interrupted", cost_micros=cost, settled_at=time.time(), error="gateway stopped")
+                .values(
+                    status="interrupted", cost_micros=cost, settled_at=time.time(), error="gateway stopped"
+                )
             )
             if closed.rowcount == 0:
                 return False

@@ -3,9 +3,10 @@
 
 import { ApiClient } from "./api.js";
 import { requestBody, streamAnswer } from "./chat.js";
-import { h, copyToClipboard } from "./dom.js";
+import { h, copyToClipboard, toast } from "./dom.js";
 import { settings, applyTheme } from "./settings.js";
 import { ConversationStore, newId } from "./store.js";
+import { wireTransfer } from "./transfer.js";
 import { Composer } from "./views/composer.js";
 import { Sidebar } from "./views/sidebar.js";
 import { SignIn } from "./views/signin.js";
@@ -98,10 +99,10 @@ class App {
     if (!this.models.length) select.append(h("option", { value: "", text: "No models" }));
 
     document.getElementById("new-chat").addEventListener("click", () => this.newChat());
-    document.getElementById("export-chats").addEventListener("click", () => this.exportChats());
-    const importFile = document.getElementById("import-file");
-    document.getElementById("import-chats").addEventListener("click", () => importFile.click());
-    importFile.addEventListener("change", () => this.importChats(importFile));
+    wireTransfer(this.store, async (message) => {
+      await this.refreshList();
+      toast(message);
+    });
     const signOut = document.getElementById("sign-out");
     signOut.hidden = !this.authRequired;
     signOut.addEventListener("click", () => {
@@ -353,43 +354,11 @@ class App {
         break;
     }
   }
-
-  // ---- Export and import ----------------------------------------------------------------------
-
-  async exportChats() {
-    const blob = new Blob([await this.store.exportJSON()], { type: "application/json" });
-    const url = URL.createObjectURL(blob);
-    const link = h("a", { href: url, download: `thinkgate-chats-${new Date().toISOString().slice(0, 10)}.json` });
-    document.body.append(link);
-    link.click();
-    link.remove();
-    setTimeout(() => URL.revokeObjectURL(url), 10_000);
-  }
-
-  async importChats(input) {
-    const file = input.files[0];
-    input.value = "";
-    if (!file) return;
-    try {
-      const count = await this.store.importJSON(await file.text());
-      await this.refreshList();
-      toast(`Imported ${count} chat${count === 1 ? "" : "s"}.`);
-    } catch (err) {
-      toast(err.message);
-    }
-  }
 }
 
 function titleFor(text) {
   const line = (text || "").split("\n").find((l) => l.trim()) || "Image";
   return line.length > 60 ? `${line.slice(0, 57)}…` : line;
-}
-
-/** A short message at the bottom of the screen. */
-function toast(text) {
-  const note = h("div", { class: "toast", role: "status", text });
-  document.body.append(note);
-  setTimeout(() => note.remove(), 4000);
 }
 
 new App().start().catch((err) => {

@@ -73,3 +73,10 @@ export function formatCost(usd) {
   if (n >= 1) return `$${n.toFixed(2)}`;
   return `$${n.toPrecision(3).replace(/0+$/, "").replace(/\.$/, "")}`;
 }
+
+/** A short message at the bottom of the screen. */
+export function toast(text) {
+  const note = h("div", { class: "toast", role: "status", text });
+  document.body.append(note);
+  setTimeout(() => note.remove(), 4000);
+}

@@ -9,8 +9,8 @@ import hljs from "../vendor/highlight/highlight.min.js";
 
 hljs.configure({ ignoreUnescapedHTML: true });
 
-const escapeAttr = (s) =>
-  s.replace(/&/g, "&amp;").replace(/"/g, "&quot;").replace(/</g, "&lt;").replace(/>/g, "&gt;");
+const escapeHtml = (s) => s.replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;");
+const escapeAttr = (s) => escapeHtml(s).replace(/"/g, "&quot;");
 
 // Maths is tokenised by marked itself, so it is never looked for inside code spans or blocks,
 // and "\(" is read before marked's own backslash escapes would eat it.
@@ -42,8 +42,6 @@ const mathInline = {
   renderer: (token) =>
     `<span class="math" data-display="${token.display}" data-tex="${escapeAttr(token.tex)}"></span>`,
 };
-
-const escapeHtml = (s) => s.replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;");
 
 const markdown = new Marked({ gfm: true, breaks: false });
 markdown.use({

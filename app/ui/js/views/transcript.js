@@ -228,7 +228,10 @@ class MessageView {
       this.panel.classList.toggle("streaming", thinking);
       this.thinkingSince = thinking ? m.startedAt : null;
       this.summaryLabel.textContent = thinking ? thinkingLabel(m.startedAt) : thoughtLabel(m);
-      const wanted = userPanelChoice.get(this.id) ?? thinking;
+      // Open while thinking, closed once the answer starts; a stop before any answer leaves the
+      // reasoning open, as it is all there is to read. The user's own choice beats both.
+      const auto = thinking || (m.status === "stopped" && !m.content);
+      const wanted = userPanelChoice.get(this.id) ?? auto;
       if (this.panel.open !== wanted) this.panel.open = wanted;
       if (this.rendered.reasoning !== m.reasoning) {
         const body = this.reasoningBody;
