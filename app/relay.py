@@ -7,6 +7,7 @@ there is one code path, and token counts stay exact even when the client leaves 
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -198,11 +199,12 @@ class ChatRun:
             self.replica = replica
             budget_hit = False
             try:
-                async for chunk in self._relay(response):
-                    yield chunk
-                    if self.force_budget and self._over_budget():
-                        budget_hit = True
-                        break
+                async with contextlib.aclosing(self._relay(response)) as relay:
+                    async for chunk in relay:
+                        yield chunk
+                        if self.force_budget and self._over_budget():
+                            budget_hit = True
+                            break
             finally:
                 replica.in_flight -= 1
                 await response.aclose()
@@ -244,6 +246,13 @@ class ChatRun:
         )
 
     async def _relay(self, response: httpx.Response) -> AsyncIterator[dict[str, Any]]:
+        try:
+            async for chunk in self._parse(response):
+                yield chunk
+        except httpx.HTTPError as exc:  # the connection broke mid-stream
+            raise EngineFailure(f"the engine connection broke: {type(exc).__name__}: {exc}") from exc
+
+    async def _parse(self, response: httpx.Response) -> AsyncIterator[dict[str, Any]]:
         async for line in response.aiter_lines():
             if not line.startswith("data:"):
                 continue

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
+import sqlite3
 import socket
 import subprocess
 import sys
@@ -66,6 +68,14 @@ class GatewayProcess:
         with contextlib.suppress(ProcessLookupError):
             self.process.send_signal(sig)
         self.process.wait(timeout=30)
+
+
+def usage_records(database_url: str, where: str = "1 = 1", params: tuple[object, ...] = ()) -> list[sqlite3.Row]:
+    """Rows of a SQLite gateway's usage ledger, read straight from the database file."""
+    path = re.sub(r"^sqlite(\+aiosqlite)?:///", "", database_url)
+    with sqlite3.connect(path) as db:
+        db.row_factory = sqlite3.Row
+        return db.execute(f"SELECT * FROM usage_records WHERE {where}", params).fetchall()
 
 
 def wait_http(url: str, timeout_s: float = 60.0, process: subprocess.Popen[bytes] | None = None) -> None:

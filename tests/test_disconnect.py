@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import re
 import sqlite3
 import time
 
 import httpx
 import pytest
 from conftest import Engine
-from support import GatewayProcess
+from support import GatewayProcess, usage_records
 
 pytestmark = pytest.mark.engine
 
@@ -24,10 +23,7 @@ def engine_counter(engine: Engine, name: str, label: str = "") -> float:
 
 
 def record(gateway: GatewayProcess, request_id: str) -> sqlite3.Row:
-    path = re.sub(r"^sqlite(\+aiosqlite)?:///", "", gateway.database_url)
-    with sqlite3.connect(path) as db:
-        db.row_factory = sqlite3.Row
-        rows = db.execute("SELECT * FROM usage_records WHERE id = ?", (request_id,)).fetchall()
+    rows = usage_records(gateway.database_url, "id = ?", (request_id,))
     assert len(rows) == 1, f"expected exactly one record for {request_id}, found {len(rows)}"
     return rows[0]
 

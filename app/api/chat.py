@@ -93,6 +93,7 @@ class Completion:
         self.error: str | None = None
         self._last_checkpoint = time.monotonic()
         self._background: set[asyncio.Task[None]] = set()
+        self._finished = False
 
     async def _reject(self, error: APIError, mode: str = "-") -> None:
         if self.gateway.settings.metering:
@@ -246,6 +247,8 @@ class Completion:
                 else UpstreamError(f"The engine failed mid-stream: {error}")
             )
             yield b"data: " + orjson.dumps(failure.body()) + b"\n\n"
+        # Settle before the stream ends, so a client that saw [DONE] reads its usage already recorded.
+        await self.finish(disconnected=False)
         if include_usage:
             final = {
                 **fixed,
@@ -297,14 +300,20 @@ class Completion:
         except (EngineFailure, APIError) as error:
             self.status, self.error = "engine_error", str(error)[:500]
             failure = error if isinstance(error, APIError) else UpstreamError(f"The engine failed: {error}")
+            await self.finish(disconnected=False)
             return failure.status, orjson.dumps(failure.body()), {**headers, **failure.headers}
+        await self.finish(disconnected=False)  # settled before the client reads the response
         headers["x-usage-cost"] = format_usd(self._cost())
         return 200, orjson.dumps(self._completion_body()), headers
 
     # -- the end, whatever happened -----------------------------------------------------------------
 
     async def finish(self, disconnected: bool) -> None:
+        """Settle the request exactly once, whoever comes first: the end of the work or the response."""
         assert self.prepared is not None and self.run is not None
+        if self._finished:
+            return
+        self._finished = True
         gateway, run, decision = self.gateway, self.run, self.prepared.decision
         await run.close()
         for task in list(self._background):
