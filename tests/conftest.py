@@ -30,7 +30,17 @@ class Engine:
     embedded: GatewayProcess | None = field(default=None, repr=False)
 
 
-def _wait_engine(gateway: GatewayProcess, timeout_s: float = 900.0) -> str:
+def progress(config: pytest.Config, message: str) -> None:
+    """Print past pytest's output capture: long set-up steps show progress as they happen."""
+    capture = config.pluginmanager.getplugin("capturemanager")
+    if capture is None:
+        print(message, flush=True)
+        return
+    with capture.global_and_fixture_disabled():
+        print(message, flush=True)
+
+
+def _wait_engine(config: pytest.Config, gateway: GatewayProcess, timeout_s: float = 900.0) -> str:
     """Wait for the embedded engine behind `gateway`, printing progress; returns the engine's URL."""
     started = time.monotonic()
     next_report = 0.0
@@ -39,17 +49,17 @@ def _wait_engine(gateway: GatewayProcess, timeout_s: float = 900.0) -> str:
             raise AssertionError(f"gateway exited ({gateway.process.returncode}):\n{gateway.log()[-4000:]}")
         ready = httpx.get(f"{gateway.base_url}/ready", timeout=5)
         if ready.status_code == 200:
-            print(f"[engine] ready after {elapsed:.0f} s", flush=True)
+            progress(config, f"[engine] ready after {elapsed:.0f} s")
             return str(ready.json()["replicas"][0]["url"])
         if elapsed >= next_report:
-            print(f"[engine] starting vLLM on the bundled model… {elapsed:.0f} s", flush=True)
+            progress(config, f"\n[engine] starting vLLM on the bundled model… {elapsed:.0f} s")
             next_report = elapsed + 15
         time.sleep(1)
     raise AssertionError(f"embedded engine not ready after {timeout_s} s:\n{gateway.log()[-4000:]}")
 
 
 @pytest.fixture(scope="session")
-def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
+def engine(tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Config) -> Iterator[Engine]:
     """The real vLLM engine on the bundled model, started by `thinkgate serve` in embedded mode.
 
     The session's other gateways use its URL as their upstream. When the session ends, the embedded
@@ -66,7 +76,7 @@ def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
         args=("--no-auth", "--engine-log", str(workdir / "engine.log")),
         wait_ready=False,
     ) as embedded:
-        url = _wait_engine(embedded)
+        url = _wait_engine(pytestconfig, embedded)
         yield Engine(url, embedded=embedded)
     with contextlib.suppress(httpx.HTTPError):
         httpx.get(f"{url}/v1/models", timeout=2)

@@ -29,7 +29,9 @@ VOCAB_SIZE = 640
 # Qwen3 convention: thinking is on unless enable_thinking is false; then the generation prompt carries an
 # empty think block. In thinking mode the prompt already opens the block (as Qwen3-Thinking-2507 does), so
 # the engine's per-request thinking_token_budget counts from the first generated token and the model
-# always reasons. Earlier assistant turns are rendered without their thinking. Content may be a string
+# always reasons. Earlier assistant turns are rendered without their thinking; a final assistant turn
+# that is being continued (continue_final_message, no generation prompt) keeps it, so a gateway can
+# close the thinking itself and let the model answer. Content may be a string
 # or a list of OpenAI-style parts; image parts become one <image> placeholder (the processor expands it).
 CHAT_TEMPLATE = (
     "{%- for message in messages -%}"
@@ -39,7 +41,8 @@ CHAT_TEMPLATE = (
     "{%- if part['type'] in ['image', 'image_url'] -%}{%- set ns.c = ns.c + '<image>' -%}"
     "{%- elif part['type'] == 'text' -%}{%- set ns.c = ns.c + part['text'] -%}{%- endif -%}"
     "{%- endfor -%}{%- set content = ns.c -%}{%- endif -%}"
-    "{%- if message['role'] == 'assistant' and '</think>' in content -%}"
+    "{%- if message['role'] == 'assistant' and '</think>' in content"
+    " and (add_generation_prompt or not loop.last) -%}"
     "{%- set content = content.split('</think>')[-1].lstrip('\\n') -%}{%- endif -%}"
     "{{- '<|im_start|>' + message['role'] + '\\n' + content + '<|im_end|>\\n' -}}"
     "{%- endfor -%}"
