@@ -8,19 +8,25 @@ desktop and phone width, go to artifacts/ui/ (docs/ui/ holds the committed copie
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import io
 import json
 import re
 import shutil
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import pytest_asyncio
 from PIL import Image, ImageDraw, ImageFont
-from playwright.async_api import Browser, BrowserContext, Locator, Page, Response, async_playwright, expect
+from playwright.async_api import Browser, Locator, Page, Response, async_playwright, expect
+from support import GatewayProcess, start_gateway
+
+if TYPE_CHECKING:
+    from conftest import Engine
 
 pytestmark = [pytest.mark.browser, pytest.mark.engine, pytest.mark.slow]
 
@@ -45,15 +51,13 @@ ANSWER_MS = 120_000
 class UiTarget:
     base_url: str
     api_key: str
+    create_key: Callable[..., str]  # create_key(name, *cli_flags) -> secret
 
 
 @pytest.fixture(scope="module")
-def target(gateway: object) -> UiTarget:
+def target(gateway: GatewayProcess) -> UiTarget:
     """The running gateway (with the real engine) from conftest, as the UI needs it."""
-    base_url = str(getattr(gateway, "base_url", "")).rstrip("/")
-    api_key = str(getattr(gateway, "api_key", ""))
-    assert base_url and api_key, "the gateway fixture must give base_url and api_key"
-    return UiTarget(base_url, api_key)
+    return UiTarget(gateway.base_url.rstrip("/"), gateway.api_key, gateway.create_key)
 
 
 @pytest_asyncio.fixture(scope="module")
@@ -65,27 +69,55 @@ async def browser() -> AsyncIterator[Browser]:
         await browser.close()
 
 
-@pytest_asyncio.fixture(scope="module")
-async def context(browser: Browser, target: UiTarget) -> AsyncIterator[BrowserContext]:
+@contextlib.asynccontextmanager
+async def watched_page(browser: Browser, target: UiTarget) -> AsyncIterator[Page]:
+    """A page in a fresh context (its own storage) that fails the test, when it closes, if the UI
+    asked any host but the gateway, threw, or broke its Content Security Policy."""
     # Reduced motion: no transitions or blinking cursor half-way through a screenshot.
     context = await browser.new_context(viewport=DESKTOP, base_url=target.base_url, reduced_motion="reduce")
-    # The page may talk to the gateway only: anything else is a bug (the CSP would block it too).
+    await context.grant_permissions(["clipboard-read", "clipboard-write"])
     foreign: list[str] = []
     own = (target.base_url, "data:", "blob:")
     context.on("request", lambda r: None if r.url.startswith(own) else foreign.append(r.url))
-    yield context
-    await context.close()
-    assert foreign == [], f"the UI asked other hosts: {foreign}"
-
-
-@pytest_asyncio.fixture(scope="module")
-async def page(context: BrowserContext) -> AsyncIterator[Page]:
     page = await context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda e: errors.append(str(e)))
     page.on("console", lambda m: errors.append(m.text) if "Content Security Policy" in m.text else None)
-    yield page
+    try:
+        yield page
+    finally:
+        await context.close()
+    assert foreign == [], f"the UI asked other hosts: {foreign}"
     assert errors == [], f"errors in the page: {errors}"
+
+
+@pytest_asyncio.fixture(scope="module")
+async def page(browser: Browser, target: UiTarget) -> AsyncIterator[Page]:
+    """One user's session, shared by the tests of this module in order."""
+    async with watched_page(browser, target) as page:
+        yield page
+
+
+@contextlib.asynccontextmanager
+async def slow_network(page: Page, bytes_per_s: int) -> AsyncIterator[None]:
+    """Throttles what the page downloads, so a stream that the engine writes in a burst still
+    reaches the page over many frames (the stream itself still comes from the real engine)."""
+    cdp = await page.context.new_cdp_session(page)
+    await cdp.send("Network.enable")
+    conditions = {"offline": False, "latency": 0, "uploadThroughput": -1}
+    await cdp.send("Network.emulateNetworkConditions", {**conditions, "downloadThroughput": bytes_per_s})
+    try:
+        yield
+    finally:
+        await cdp.send("Network.emulateNetworkConditions", {**conditions, "downloadThroughput": -1})
+        await cdp.detach()
+
+
+async def sign_in(page: Page, key: str) -> None:
+    await page.goto("/")
+    await page.get_by_label("API key").fill(key)
+    await page.get_by_label("API key").press("Enter")
+    await expect(message_box(page)).to_be_visible()
 
 
 async def shot(page: Page, name: str) -> None:
@@ -236,12 +268,15 @@ RECORD_PANEL_STATES = r"""() => {
 
 async def test_long_mode_streams_reasoning_then_the_answer(page: Page) -> None:
     await page.evaluate(RECORD_PANEL_STATES)
-    response = await ask(page, "What is 4821 + 3967?", "Long")
     panel = last_answer(page).locator("details.reasoning")
     summary = panel.locator("summary")
-    await expect(panel).to_be_visible(timeout=ANSWER_MS)
-    await shot(page, "desktop-long-thinking")
-    await wait_answered(page)
+    # 30 kB/s: about a hundred chunks a second, so even a model that thinks in a burst is seen
+    # thinking over several frames.
+    async with slow_network(page, 30_000):
+        response = await ask(page, "What is 4821 + 3967?", "Long")
+        await expect(panel).to_be_visible(timeout=ANSWER_MS)
+        await shot(page, "desktop-long-thinking")
+        await wait_answered(page)
     sent = await streamed(response)
     assert sent.mode == "long" and sent.reasoning.strip(), sent
     states = await page.evaluate("window.panelStates")
@@ -276,6 +311,8 @@ async def test_long_mode_streams_reasoning_then_the_answer(page: Page) -> None:
 
 
 async def test_short_mode_answers_without_reasoning(page: Page) -> None:
+    # Each question in a chat of its own: the bundled model's context is 1024 tokens.
+    await page.get_by_role("button", name="New chat").click()
     response = await ask(page, "What is 12 + 30?", "Short")
     await wait_answered(page)
     sent = await streamed(response)
@@ -289,6 +326,7 @@ async def test_short_mode_answers_without_reasoning(page: Page) -> None:
 
 
 async def test_auto_mode_shows_which_mode_the_router_chose(page: Page) -> None:
+    await page.get_by_role("button", name="New chat").click()
     response = await ask(page, "What is 7 + 8?", "Auto")
     await wait_answered(page)
     sent = await streamed(response)
@@ -324,6 +362,19 @@ async def test_an_attached_image_is_scaled_sent_and_answered(page: Page, tmp_pat
         }"""
     )
     await expect(thumbnail).to_have_count(2)
+    # And so does pasting into the message box.
+    await message_box(page).evaluate(
+        """async (box) => {
+            const canvas = Object.assign(document.createElement("canvas"), {width: 30, height: 30});
+            const blob = await new Promise((ok) => canvas.toBlob(ok, "image/png"));
+            const data = new DataTransfer();
+            data.items.add(new File([blob], "pasted.png", {type: "image/png"}));
+            const paste = new ClipboardEvent("paste", {clipboardData: data, bubbles: true, cancelable: true});
+            box.dispatchEvent(paste);
+        }"""
+    )
+    await expect(thumbnail).to_have_count(3)
+    await page.get_by_role("button", name="Remove image 3").click()
     await page.get_by_role("button", name="Remove image 2").click()
     await expect(thumbnail).to_have_count(1)
     await shot(page, "desktop-image-attached")
@@ -335,6 +386,7 @@ async def test_an_attached_image_is_scaled_sent_and_answered(page: Page, tmp_pat
     await expect(page.locator("li.message.user img")).to_have_count(1)
     await expect_shows(last_answer(page).locator(".answer"), (await streamed(response)).content)
     await expect(last_answer(page).locator(".message-error")).to_be_hidden()
+    await page.locator("li.message.user img").scroll_into_view_if_needed()
     await shot(page, "desktop-image-answer")
 
 
@@ -342,21 +394,26 @@ async def test_stop_ends_a_long_answer_mid_stream(page: Page) -> None:
     await page.get_by_role("button", name="New chat").click()
     await page.get_by_role("radio", name="Long").check()
     await page.get_by_label("Thinking budget").fill("768")
-    await ask(page, "What is 987 * 65?", "Long")  # the longest traces the bundled model writes
-    stop = page.get_by_role("button", name="Stop")
-    await expect(stop).to_be_visible()
-    # Stop as soon as reasoning shows (checked every frame: a small model thinks fast).
-    await page.wait_for_function(
-        "() => document.querySelector('li.message.assistant:last-child .reasoning-body')?.textContent.trim()",
-        polling="raf",
-        timeout=ANSWER_MS,
-    )
-    await page.keyboard.press("Escape")  # Esc stops, like the button
-    await expect(page.get_by_role("button", name="Send")).to_be_visible(timeout=10_000)
+    # A slow link (3 kB/s) keeps the stream going for seconds whatever the model writes, so Stop
+    # lands mid-stream on any machine.
+    async with slow_network(page, 3_000):
+        response = await ask(page, "What is 987 * 65?", "Long")
+        body = json.loads(response.request.post_data or "{}")
+        assert body["reasoning_mode"] == "long" and body["reasoning"] == {"max_tokens": 768}
+        assert body["stream"] is True and body["stream_options"] == {"include_usage": True}
+        stop = page.get_by_role("button", name="Stop")
+        await expect(stop).to_be_visible()
+        await expect(last_answer(page).locator(".reasoning-body")).not_to_be_empty(timeout=ANSWER_MS)
+        await page.keyboard.press("Escape")  # Esc stops, like the button
+        await expect(page.get_by_role("button", name="Send")).to_be_visible(timeout=10_000)
     await expect(stop).to_be_hidden()
     await expect(last_answer(page).locator(".stopped-note")).to_be_visible()
-    # What had arrived stays, and the answer can be regenerated.
-    await expect(last_answer(page).locator("details.reasoning")).to_be_visible()
+    # What had arrived stays (the reasoning, left open as there is no answer to read), and the
+    # answer can be regenerated.
+    await expect(last_answer(page).locator("details.reasoning")).to_have_attribute("open", "")
+    await expect(last_answer(page).locator("details.reasoning summary")).to_have_text(
+        re.compile("^Thought for")
+    )
     await expect(last_answer(page).get_by_role("button", name="Regenerate")).to_be_enabled()
     await shot(page, "desktop-stopped")
 
@@ -417,7 +474,6 @@ async def test_usage_page_shows_the_requests_just_made(page: Page) -> None:
 
 
 async def test_dark_theme_and_phone_width(page: Page) -> None:
-    await page.get_by_role("link", name="Back to chat").click()
     chats = page.get_by_role("navigation", name="Chat history").get_by_role("button")
     await chats.filter(has_text="What is 4821 + 3967?").click()
     await expect(page.locator("li.message.assistant details.reasoning").first).to_be_visible()
@@ -451,3 +507,150 @@ async def test_keyboard_new_chat_and_shift_enter(page: Page) -> None:
     await page.keyboard.press("Control+Shift+O")
     await expect(page.locator("li.message")).to_have_count(0)
     await expect(page.locator("#welcome")).to_be_visible()
+
+
+async def test_api_errors_show_inline_and_keep_the_question(browser: Browser, target: UiTarget) -> None:
+    broke = target.create_key("ui-no-budget", "--budget", "0.000001")
+    async with watched_page(browser, target) as page:
+        await sign_in(page, broke)
+        await ask(page, "What is 5 + 5?", "Short")
+        error = last_answer(page).locator(".message-error")
+        await expect(error).to_contain_text("used up its budget")
+        await expect(page.locator("li.message.user .bubble")).to_have_text("What is 5 + 5?")
+        await expect(error.get_by_role("button", name="Retry")).to_be_enabled()
+        await shot(page, "desktop-error-budget")
+
+    limited = target.create_key("ui-rate-limited", "--rpm", "1")
+    async with watched_page(browser, target) as page:
+        await sign_in(page, limited)
+        # The limit counts fixed one-minute windows: of three quick requests two share a window.
+        error = last_answer(page).locator(".message-error")
+        for n in range(3):
+            await ask(page, f"What is {n} + 7?", "Short")
+            await wait_answered(page)
+            if await error.is_visible():
+                break
+        await expect(error).to_contain_text(re.compile(r"rate limit was reached\. Try again in \d+ s"))
+        await expect(page.locator("li.message.user .bubble").last).to_have_text(f"What is {n} + 7?")
+
+
+async def test_regenerate_edit_and_delete(page: Page) -> None:
+    await page.get_by_role("button", name="New chat").click()
+    await ask(page, "What is 1 + 2?", "Short")
+    await wait_answered(page)
+    answers = page.locator("li.message.assistant")
+    async with page.expect_response(lambda r: r.url.endswith("/v1/chat/completions")):
+        await last_answer(page).get_by_role("button", name="Regenerate").click()
+    await wait_answered(page)
+    await expect(answers).to_have_count(1)
+
+    await page.locator("li.message.user").get_by_role("button", name="Edit").click()
+    await page.get_by_label("Edit message").fill("What is 2 + 3?")
+    async with page.expect_response(lambda r: r.url.endswith("/v1/chat/completions")) as response:
+        await page.get_by_role("button", name="Save and send").click()
+    sent = json.loads((await response.value).request.post_data or "{}")
+    assert sent["messages"] == [{"role": "user", "content": "What is 2 + 3?"}]
+    await wait_answered(page)
+    await expect(page.locator("li.message.user .bubble")).to_have_text("What is 2 + 3?")
+    await expect(answers).to_have_count(1)
+
+    await page.locator("li.message.user").get_by_role("button", name="Copy").click()
+    assert await page.evaluate("navigator.clipboard.readText()") == "What is 2 + 3?"
+    await last_answer(page).get_by_role("button", name="Delete").click()
+    await expect(answers).to_have_count(0)
+    await page.reload()
+    await expect(page.locator("li.message.user .bubble")).to_have_text("What is 2 + 3?")
+    await expect(answers).to_have_count(0)
+
+
+async def test_no_key_is_asked_when_the_gateway_runs_without_auth(
+    browser: Browser, engine: Engine, tmp_path: Path
+) -> None:
+    with start_gateway(tmp_path, upstreams=[engine.url], args=("--no-auth",)) as open_gateway:
+        target = UiTarget(open_gateway.base_url, "", open_gateway.create_key)
+        async with watched_page(browser, target) as page:
+            await page.goto("/")
+            await expect(message_box(page)).to_be_visible()
+            await expect(page.get_by_label("API key")).to_be_hidden()
+            await expect(page.get_by_role("button", name="Sign out")).to_be_hidden()
+            await expect(page.get_by_role("combobox", name="Model").locator("option")).not_to_have_count(0)
+
+
+RICH_ANSWER = """Here is **bold**, maths $a^2 + b^2 = c^2$ and
+
+$$\\int_0^1 x\\,dx = \\frac{1}{2}$$
+
+```python
+def add(a, b):
+    return a + b
+```
+
+<img src=x onerror="window.hacked = 1"> and `$not maths$` in code."""
+
+
+async def test_import_renders_markdown_maths_and_code_and_export_round_trips(
+    page: Page, tmp_path: Path
+) -> None:
+    export = {
+        "format": "thinkgate.conversations.v1",
+        "conversations": [
+            {
+                "id": "imported-rich",
+                "title": "Imported: rich answer",
+                "model": "thinkgate-arith",
+                "mode": "long",
+                "budget": None,
+                "createdAt": 1,
+                "updatedAt": 4102444800000,  # sorts first
+                "messages": [
+                    {"id": "u1", "role": "user", "text": "Show me everything", "images": [], "createdAt": 1},
+                    {
+                        "id": "a1",
+                        "role": "assistant",
+                        "model": "thinkgate-arith",
+                        "requestedMode": "long",
+                        "mode": "long",
+                        "reasoning": "First, the *maths*.",
+                        "content": RICH_ANSWER,
+                        "status": "done",
+                        "thinkMs": 2500,
+                        "stats": {"promptTokens": 5, "reasoningTokens": 7, "answerTokens": 9, "cost": 0.0001},
+                        "createdAt": 2,
+                    },
+                ],
+            }
+        ],
+    }
+    source = tmp_path / "chats.json"
+    source.write_text(json.dumps(export))
+    await page.goto("/#/")
+    await page.locator("#import-file").set_input_files(str(source))
+    await expect(page.get_by_role("status").filter(has_text="Imported 1 chat.")).to_be_visible()
+    chats = page.get_by_role("navigation", name="Chat history")
+    await chats.get_by_role("button", name="Imported: rich answer", exact=True).click()
+    answer = last_answer(page).locator(".answer")
+    await expect(answer.locator("strong")).to_have_text("bold")
+    await expect(answer.locator(".katex")).to_have_count(2)  # inline and display maths, by KaTeX
+    await expect(answer.locator(".katex-display")).to_have_count(1)
+    await expect(answer.locator("code.hljs .hljs-keyword").first).to_have_text("def")
+    await expect(answer.locator(".code-header")).to_contain_text("python")
+    await expect(answer.locator(":not(pre) > code")).to_have_text("$not maths$")  # no maths in code
+    # Raw HTML from a model is shown as text, never run.
+    await expect(answer.locator("img")).to_have_count(0)
+    await expect(answer).to_contain_text('<img src=x onerror="window.hacked = 1">')
+    assert await page.evaluate("window.hacked") is None
+    await expect(last_answer(page).locator("details.reasoning summary")).to_have_text(
+        "Thought for 2.5 s · 7 tokens"
+    )
+    await answer.get_by_role("button", name="Copy code").click()
+    await expect(answer.get_by_role("button", name="Copied")).to_be_visible()
+    assert await page.evaluate("navigator.clipboard.readText()") == "def add(a, b):\n    return a + b\n"
+    await shot(page, "desktop-rich-answer")
+
+    async with page.expect_download() as download:
+        await page.get_by_role("button", name="Export chats").click()
+    exported = json.loads(Path(await (await download.value).path()).read_text())
+    assert exported["format"] == "thinkgate.conversations.v1"
+    mine = [c for c in exported["conversations"] if c["id"] == "imported-rich"]
+    assert mine and mine[0]["messages"][1]["content"] == RICH_ANSWER
+    assert {c["title"] for c in exported["conversations"]} >= {"What is 4821 + 3967?", "What is 100 + 23?"}

@@ -21,7 +21,7 @@ export class ApiError extends Error {
 
   /** A sentence for the transcript: what happened and what the user can do. */
   get plainWords() {
-    const detail = this.message ? ` (${this.message})` : "";
+    const detail = this.message ? ` (${this.message.replace(/\.$/, "")})` : "";
     if (this.status === 401) return "Your API key was not accepted. Sign in again with a valid key.";
     if (this.code === "insufficient_quota") {
       return `This key has used up its budget, so the request was not run${detail}.`;

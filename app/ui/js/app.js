@@ -3,7 +3,7 @@
 
 import { ApiClient } from "./api.js";
 import { requestBody, streamAnswer } from "./chat.js";
-import { h, copyToClipboard, toast } from "./dom.js";
+import { h, toast } from "./dom.js";
 import { settings, applyTheme } from "./settings.js";
 import { ConversationStore, newId } from "./store.js";
 import { wireTransfer } from "./transfer.js";
@@ -328,12 +328,6 @@ class App {
     const message = conversation.messages[index];
     if (!message) return;
     switch (action) {
-      case "copy":
-        await copyToClipboard(message.role === "user" ? message.text : message.content);
-        break;
-      case "copy-reasoning":
-        await copyToClipboard(message.reasoning || "");
-        break;
       case "delete":
         if (this.active) return;
         conversation.messages.splice(index, 1);

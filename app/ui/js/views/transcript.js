@@ -2,7 +2,7 @@
 // updates, so a streaming answer is patched in place (at most once per animation frame) and a
 // reasoning panel that the user opened or closed stays that way.
 
-import { h, formatSeconds, formatCost } from "../dom.js";
+import { h, formatSeconds, formatCost, copyToClipboard, flashLabel } from "../dom.js";
 import { renderMarkdown } from "../render.js";
 
 /** The user's own open/closed choice per reasoning panel, by message id: it always wins. */
@@ -23,6 +23,13 @@ export class Transcript {
     this.views = new Map();
     this.busy = false;
     this.followTail = true;
+    // Code blocks are re-rendered while they stream: one listener here serves all their buttons.
+    list.addEventListener("click", async (event) => {
+      const button = event.target.closest(".copy-code");
+      if (!button) return;
+      await copyToClipboard(button.closest(".code-block").querySelector("code").textContent);
+      flashLabel(button, "Copied");
+    });
     scroller.addEventListener("scroll", () => {
       const gap = scroller.scrollHeight - scroller.scrollTop - scroller.clientHeight;
       this.followTail = gap < 60;
@@ -87,6 +94,15 @@ class MessageView {
     return () => this.onAction(action, this.id, extra);
   }
 
+  /** A click handler that copies part of the message and says so on the button. */
+  copier(part) {
+    return async (event) => {
+      const button = event.currentTarget;
+      await copyToClipboard(this.message[part] || "");
+      flashLabel(button, "Copied");
+    };
+  }
+
   buildUser() {
     this.images = h("div", { class: "images" });
     this.bubble = h("div", { class: "bubble" });
@@ -94,7 +110,7 @@ class MessageView {
       "div",
       { class: "actions" },
       h("button", { type: "button", text: "Edit", on: { click: () => this.startEdit() } }),
-      h("button", { type: "button", text: "Copy", on: { click: this.act("copy") } }),
+      h("button", { type: "button", text: "Copy", on: { click: this.copier("text") } }),
       h("button", { type: "button", text: "Delete", on: { click: this.act("delete") } }),
     );
     this.root.append(this.images, this.bubble, this.actions);
@@ -112,7 +128,7 @@ class MessageView {
       h(
         "div",
         { class: "reasoning-tools" },
-        h("button", { type: "button", class: "small", text: "Copy reasoning", on: { click: this.act("copy-reasoning") } }),
+        h("button", { type: "button", class: "small", text: "Copy reasoning", on: { click: this.copier("reasoning") } }),
       ),
     );
     // A click on the summary is the user's choice; record what the panel is about to become.
@@ -133,7 +149,7 @@ class MessageView {
     this.actions = h(
       "div",
       { class: "actions" },
-      h("button", { type: "button", text: "Copy", on: { click: this.act("copy") } }),
+      h("button", { type: "button", text: "Copy", on: { click: this.copier("content") } }),
       this.regenerate,
       h("button", { type: "button", text: "Delete", on: { click: this.act("delete") } }),
     );
@@ -248,13 +264,15 @@ class MessageView {
       this.rendered.content = m.content;
     }
     this.answer.classList.toggle("empty", !m.content && !streaming);
-    this.answer.classList.toggle("cursor", streaming);
+    // The cursor marks where text is coming: the answer, or anything at all before reasoning.
+    this.answer.classList.toggle("cursor", streaming && (Boolean(m.content) || !m.reasoning));
 
     this.stopped.hidden = m.status !== "stopped";
     this.error.hidden = m.status !== "error";
     if (m.error) this.errorText.textContent = m.error.message;
 
-    this.stats.hidden = streaming || !m.stats;
+    // A refused request has nothing to measure; its error says what happened.
+    this.stats.hidden = streaming || !m.stats || (m.status === "error" && m.stats.promptTokens === undefined);
     if (m.stats && !streaming) this.stats.replaceChildren(...statsParts(m.stats));
 
     this.actions.hidden = streaming;
