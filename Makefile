@@ -3,7 +3,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.thinkgate-installed
 
-.PHONY: install serve test test-fast lint model eval bench clean
+.PHONY: install serve test test-fast lint model eval bench soak clean
 
 install: $(STAMP)
 
@@ -34,8 +34,13 @@ model: install
 eval: install
 	$(PY) -m training.evaluate $(ARGS)
 
+# Gateway overhead: direct vs Thinkgate vs LiteLLM, fake and real engine (docs/performance.md).
 bench: install
 	$(PY) -m bench.run $(ARGS)
+
+# 30 minutes of steady load, RSS sampled (ARGS=--minutes 3 for a short run). Not part of `make test`.
+soak: install
+	$(PY) -m bench.soak $(ARGS)
 
 clean:
 	rm -rf $(VENV) data .pytest_cache

@@ -7,9 +7,10 @@ there is one code path, and token counts stay exact even when the client leaves 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +24,7 @@ from app.metering.prices import TokenCounts
 from app.reasoning import ThinkSplitter
 
 CONNECT_ERRORS = (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError, httpx.PoolTimeout)
+DRAIN_TIMEOUT_S = 1.0  # reading what follows [DONE]; an engine that lingers loses its connection
 
 
 @dataclass(slots=True)
@@ -92,6 +94,7 @@ class ChatRun:
         self.forced_end = False
         self.created = int(time.time())
         self._pending: tuple[httpx.Response, Replica] | None = None
+        self._streaming: tuple[httpx.Response, Replica] | None = None  # being read by chunks()
 
     # -- accounting ---------------------------------------------------------------------------
 
@@ -197,6 +200,7 @@ class ChatRun:
             else:
                 response, replica = await self._open(body)
             self.replica = replica
+            self._streaming = (response, replica)
             budget_hit = False
             try:
                 async with contextlib.aclosing(self._relay(response)) as relay:
@@ -206,7 +210,9 @@ class ChatRun:
                             budget_hit = True
                             break
             finally:
-                replica.in_flight -= 1
+                if self._streaming is not None:  # not already released by close()
+                    self._streaming = None
+                    replica.in_flight -= 1
                 await response.aclose()
             if not budget_hit:
                 break
@@ -228,12 +234,15 @@ class ChatRun:
             self._count_prompt = False
 
     async def close(self) -> None:
-        """Release a connection that was opened but never read (the client left before the first chunk)."""
-        if self._pending is not None:
-            response, replica = self._pending
-            self._pending = None
-            replica.in_flight -= 1
-            await response.aclose()
+        """Release the engine connection: one opened but never read (the client left before the first
+        chunk), or one whose reader was abandoned mid-stream. Closing it is what tells the engine to
+        stop generating; waiting for the abandoned generator to be garbage-collected could take long."""
+        for held in (self._pending, self._streaming):
+            if held is not None:
+                response, replica = held
+                replica.in_flight -= 1
+                await response.aclose()
+        self._pending = self._streaming = None
 
     def _over_budget(self) -> bool:
         budget = self.prepared.decision.thinking_budget
@@ -245,7 +254,7 @@ class ChatRun:
             and self.reasoning_tokens >= budget
         )
 
-    async def _relay(self, response: httpx.Response) -> AsyncIterator[dict[str, Any]]:
+    async def _relay(self, response: httpx.Response) -> AsyncGenerator[dict[str, Any], None]:
         try:
             async for chunk in self._parse(response):
                 yield chunk
@@ -253,23 +262,25 @@ class ChatRun:
             raise EngineFailure(f"the engine connection broke: {type(exc).__name__}: {exc}") from exc
 
     async def _parse(self, response: httpx.Response) -> AsyncIterator[dict[str, Any]]:
-        async for line in response.aiter_lines():
-            if not line.startswith("data:"):
-                continue
-            payload = line[5:].strip()
-            if payload == "[DONE]":
-                return
-            try:
-                chunk = orjson.loads(payload)
-            except orjson.JSONDecodeError as exc:
-                raise EngineFailure(f"engine sent invalid JSON: {payload[:200]!r}") from exc
-            if "error" in chunk:
-                error = chunk["error"]
-                message = error.get("message") if isinstance(error, dict) else str(error)
-                raise EngineFailure(f"engine error: {message}")
-            normalised = self._normalise(chunk)
-            if normalised is not None:
-                yield normalised
+        # SSE split on raw bytes: no text decoding and no line objects per chunk (the hot path).
+        stream = _sse_data(response)
+        async for payloads in stream:
+            for payload in payloads:
+                if payload == b"[DONE]":
+                    await _drain(stream)
+                    return
+                try:
+                    chunk = orjson.loads(payload)
+                except orjson.JSONDecodeError as exc:
+                    text = payload[:200].decode(errors="replace")
+                    raise EngineFailure(f"engine sent invalid JSON: {text!r}") from exc
+                if "error" in chunk:
+                    error = chunk["error"]
+                    message = error.get("message") if isinstance(error, dict) else str(error)
+                    raise EngineFailure(f"engine error: {message}")
+                normalised = self._normalise(chunk)
+                if normalised is not None:
+                    yield normalised
         raise EngineFailure("engine closed the stream before [DONE]")
 
     def _normalise(self, chunk: dict[str, Any]) -> dict[str, Any] | None:
@@ -319,6 +330,29 @@ class ChatRun:
         if not chunk.get("choices"):
             return None
         return chunk
+
+
+async def _drain(stream: AsyncIterator[list[bytes]]) -> None:
+    """Read the rest of a finished stream (the chunked-encoding end), so its keep-alive connection
+    goes back to the pool: httpx closes a connection whose response was not read to the end."""
+    with contextlib.suppress(httpx.HTTPError, TimeoutError):
+        async with asyncio.timeout(DRAIN_TIMEOUT_S):
+            async for _ in stream:
+                pass
+
+
+async def _sse_data(response: httpx.Response) -> AsyncIterator[list[bytes]]:
+    """The `data:` payloads of an SSE stream, one list per piece of body httpx hands over (lines end in
+    LF or CRLF; a piece may end mid-line, the rest comes with the next one)."""
+    tail = b""
+    async for data in response.aiter_bytes():
+        lines = (tail + data).split(b"\n") if tail else data.split(b"\n")
+        tail = lines.pop()
+        payloads = [line[5:].strip() for line in lines if line.startswith(b"data:")]
+        if payloads:
+            yield payloads
+    if tail.startswith(b"data:"):
+        yield [tail[5:].strip()]
 
 
 async def _engine_error(response: httpx.Response) -> APIError:

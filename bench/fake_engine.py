@@ -30,7 +30,11 @@ def _frame(payload: dict[str, Any] | str) -> bytes:
 
 
 def _usage(completion: int) -> dict[str, int]:
-    return {"prompt_tokens": PROMPT_TOKENS, "total_tokens": PROMPT_TOKENS + completion, "completion_tokens": completion}
+    return {
+        "prompt_tokens": PROMPT_TOKENS,
+        "total_tokens": PROMPT_TOKENS + completion,
+        "completion_tokens": completion,
+    }
 
 
 class FakeEngine:
@@ -41,9 +45,20 @@ class FakeEngine:
         self.tokens = tokens
         self.created = int(time.time())
         self._frames: dict[tuple[int, bool, bool], Frames] = {}
-        self._models = orjson.dumps({"object": "list", "data": [
-            {"id": model, "object": "model", "created": self.created, "owned_by": "bench", "max_model_len": 4096}
-        ]})  # fmt: skip
+        self._models = orjson.dumps(
+            {
+                "object": "list",
+                "data": [
+                    {
+                        "id": model,
+                        "object": "model",
+                        "created": self.created,
+                        "owned_by": "bench",
+                        "max_model_len": 4096,
+                    }
+                ],
+            }
+        )
 
     def frames(self, tokens: int, continuous: bool, include_usage: bool) -> Frames:
         key = (tokens, continuous, include_usage)
@@ -52,11 +67,16 @@ class FakeEngine:
             cached = self._frames[key] = self._build(tokens, continuous, include_usage)
         return cached
 
-    def _chunk(self, delta: dict[str, Any], finish: str | None, completion: int, continuous: bool) -> dict[str, Any]:
+    def _chunk(
+        self, delta: dict[str, Any], finish: str | None, completion: int, continuous: bool
+    ) -> dict[str, Any]:
         chunk: dict[str, Any] = {
-            "id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": self.created, "model": self.model,
+            "id": "chatcmpl-fake",
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
             "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
-        }  # fmt: skip
+        }
         if continuous:
             chunk["usage"] = _usage(completion)
         return chunk
@@ -68,20 +88,44 @@ class FakeEngine:
             frames.append(_frame(self._chunk(delta, None, i + 1, continuous)))
         frames.append(_frame(self._chunk({}, "length", tokens, continuous)))
         if include_usage:
-            frames.append(_frame({"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": self.created,
-                                  "model": self.model, "choices": [], "usage": _usage(tokens)}))
+            frames.append(
+                _frame(
+                    {
+                        "id": "chatcmpl-fake",
+                        "object": "chat.completion.chunk",
+                        "created": self.created,
+                        "model": self.model,
+                        "choices": [],
+                        "usage": _usage(tokens),
+                    }
+                )
+            )
         frames.append(_frame("[DONE]"))
         return tuple(frames)
 
     def completion(self, tokens: int) -> bytes:
         half = tokens // 2
-        return orjson.dumps({
-            "id": "chatcmpl-fake", "object": "chat.completion", "created": self.created, "model": self.model,
-            "choices": [{"index": 0, "finish_reason": "length", "logprobs": None, "message": {
-                "role": "assistant", "reasoning": "".join(f" r{i}" for i in range(half)),
-                "content": "".join(f" a{i}" for i in range(half, tokens))}}],
-            "usage": _usage(tokens),
-        })  # fmt: skip
+        return orjson.dumps(
+            {
+                "id": "chatcmpl-fake",
+                "object": "chat.completion",
+                "created": self.created,
+                "model": self.model,
+                "choices": [
+                    {
+                        "index": 0,
+                        "finish_reason": "length",
+                        "logprobs": None,
+                        "message": {
+                            "role": "assistant",
+                            "reasoning": "".join(f" r{i}" for i in range(half)),
+                            "content": "".join(f" a{i}" for i in range(half, tokens)),
+                        },
+                    }
+                ],
+                "usage": _usage(tokens),
+            }
+        )
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
@@ -110,27 +154,50 @@ class FakeEngine:
         try:
             request = orjson.loads(body)
         except orjson.JSONDecodeError:
-            await _respond(send, 400, b'{"error": {"message": "invalid JSON", "type": "invalid_request_error"}}')
+            await _respond(
+                send, 400, b'{"error": {"message": "invalid JSON", "type": "invalid_request_error"}}'
+            )
             return
         if request.get("model") != self.model:
-            await _respond(send, 404, orjson.dumps({"error": {
-                "message": f"The model `{request.get('model')}` does not exist.", "type": "NotFoundError"}}))
+            await _respond(
+                send,
+                404,
+                orjson.dumps(
+                    {
+                        "error": {
+                            "message": f"The model `{request.get('model')}` does not exist.",
+                            "type": "NotFoundError",
+                        }
+                    }
+                ),
+            )
             return
-        tokens = min(self.tokens, int(request.get("max_tokens") or request.get("max_completion_tokens") or self.tokens))
+        tokens = min(
+            self.tokens, int(request.get("max_tokens") or request.get("max_completion_tokens") or self.tokens)
+        )
         if not request.get("stream"):
             await _respond(send, 200, self.completion(tokens))
             return
         options = request.get("stream_options") or {}
-        frames = self.frames(tokens, bool(options.get("continuous_usage_stats")), bool(options.get("include_usage")))
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-type", b"text/event-stream; charset=utf-8")]})
+        frames = self.frames(
+            tokens, bool(options.get("continuous_usage_stats")), bool(options.get("include_usage"))
+        )
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"text/event-stream; charset=utf-8")],
+            }
+        )
         for frame in frames:
             await send({"type": "http.response.body", "body": frame, "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 async def _respond(send: Any, status: int, body: bytes) -> None:
-    await send({"type": "http.response.start", "status": status, "headers": [(b"content-type", b"application/json")]})
+    await send(
+        {"type": "http.response.start", "status": status, "headers": [(b"content-type", b"application/json")]}
+    )
     await send({"type": "http.response.body", "body": body})
 
 
@@ -141,8 +208,16 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=64, help="generated tokens per stream")
     parser.add_argument("--model", default="fake-reasoner")
     args = parser.parse_args()
-    uvicorn.run(FakeEngine(args.model, args.tokens), host=args.host, port=args.port, loop="uvloop", http="httptools",
-                log_level="warning", access_log=False, backlog=4096)
+    uvicorn.run(
+        FakeEngine(args.model, args.tokens),
+        host=args.host,
+        port=args.port,
+        loop="uvloop",
+        http="httptools",
+        log_level="warning",
+        access_log=False,
+        backlog=4096,
+    )
 
 
 if __name__ == "__main__":

@@ -38,7 +38,9 @@ def _percentile(values: list[float], q: float) -> float | None:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-async def _one(session: aiohttp.ClientSession, url: str, body: bytes, headers: dict[str, str], tally: Tally) -> None:
+async def _one(
+    session: aiohttp.ClientSession, url: str, body: bytes, headers: dict[str, str], tally: Tally
+) -> None:
     started = time.perf_counter()
     measured = started >= tally.window_start
     try:
@@ -69,10 +71,21 @@ async def _one(session: aiohttp.ClientSession, url: str, body: bytes, headers: d
             tally.first_error = tally.first_error or f"{type(exc).__name__}: {exc}"
 
 
-async def run(url: str, model: str, concurrency: int, duration: float, warmup: float, api_key: str | None,
-              max_tokens: int | None, extra: dict[str, object] | None = None) -> dict[str, object]:
-    payload: dict[str, object] = {"model": model, "stream": True,
-                                  "messages": [{"role": "user", "content": "What is 1234 + 5678?"}]}
+async def run(
+    url: str,
+    model: str,
+    concurrency: int,
+    duration: float,
+    warmup: float,
+    api_key: str | None,
+    max_tokens: int | None,
+    extra: dict[str, object] | None = None,
+) -> dict[str, object]:
+    payload: dict[str, object] = {
+        "model": model,
+        "stream": True,
+        "messages": [{"role": "user", "content": "What is 1234 + 5678?"}],
+    }
     if max_tokens:
         payload["max_tokens"] = max_tokens
     payload.update(extra or {})
@@ -98,6 +111,8 @@ async def run(url: str, model: str, concurrency: int, duration: float, warmup: f
         "concurrency": concurrency,
         "seconds": seconds,
         "requests": tally.requests,
+        "chunks": tally.chunks,
+        "ttft_ms": [round(t * 1000, 3) for t in ttft],
         "errors": tally.errors,
         "first_error": tally.first_error,
         "requests_per_s": tally.requests / seconds,
@@ -124,8 +139,18 @@ def main() -> None:
         uvloop.install()
     except ImportError:
         pass
-    result = asyncio.run(run(args.url, args.model, args.concurrency, args.duration, args.warmup, args.api_key,
-                             args.max_tokens, args.extra))
+    result = asyncio.run(
+        run(
+            args.url,
+            args.model,
+            args.concurrency,
+            args.duration,
+            args.warmup,
+            args.api_key,
+            args.max_tokens,
+            args.extra,
+        )
+    )
     print(json.dumps(result))
 
 

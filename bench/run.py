@@ -17,6 +17,7 @@ import argparse
 import contextlib
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -44,7 +45,9 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_ready(url: str, process: subprocess.Popen[bytes] | None, timeout_s: float, log: Path | None = None) -> None:
+def wait_ready(
+    url: str, process: subprocess.Popen[bytes] | None, timeout_s: float, log: Path | None = None
+) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
@@ -110,18 +113,24 @@ class Server:
                 self.process.wait()
 
 
-def _spawn(name: str, command: list[str], workdir: Path, env: dict[str, str] | None = None) -> Server:
+def _spawn(
+    name: str, command: list[str], workdir: Path, env: dict[str, str] | None = None, cwd: Path = ROOT
+) -> Server:
     log = workdir / f"{name}.log"
     with log.open("wb") as out:
-        process = subprocess.Popen(command, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
-                                   env={**os.environ, **(env or {})})  # fmt: skip
+        process = subprocess.Popen(
+            command, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
+        )
     return Server(name, "", process, log)
 
 
 def start_fake_engine(workdir: Path, tokens: int) -> Server:
     port = free_port()
-    server = _spawn("fake-engine", [sys.executable, "-m", "bench.fake_engine", "--port", str(port),
-                                    "--tokens", str(tokens)], workdir)  # fmt: skip
+    server = _spawn(
+        "fake-engine",
+        [sys.executable, "-m", "bench.fake_engine", "--port", str(port), "--tokens", str(tokens)],
+        workdir,
+    )
     server.url = f"http://127.0.0.1:{port}"
     wait_ready(f"{server.url}/v1/models", server.process, 30, server.log)
     return server
@@ -133,8 +142,9 @@ def start_real_engine(workdir: Path) -> Server:
     from app.profiles import ProfileRegistry
 
     profile = ProfileRegistry.from_dir(REPO_ROOT / "models" / "profiles").by_name("thinkgate-arith")
-    launcher = EmbeddedEngine(profile, REPO_ROOT / "models" / "thinkgate-arith", log_path=workdir / "vllm.log",
-                              kv_cache_gib=2)
+    launcher = EmbeddedEngine(
+        profile, REPO_ROOT / "models" / "thinkgate-arith", log_path=workdir / "vllm.log", kv_cache_gib=2
+    )
     launcher.spawn()
     print(f"[bench] starting vLLM on {launcher.url} (about 75 s on 2 cores)", file=sys.stderr, flush=True)
     server = Server("vllm", launcher.url, launcher.process, workdir / "vllm.log")
@@ -142,11 +152,29 @@ def start_real_engine(workdir: Path) -> Server:
     return server
 
 
-def start_thinkgate(workdir: Path, upstream: str) -> Server:
+def start_thinkgate(workdir: Path, upstream: str, root: Path = ROOT) -> Server:
+    """`thinkgate serve` from `root` (another checkout for a before/after run: `python -m` puts the
+    working directory first on sys.path, so its `app` package is the one that runs)."""
     port = free_port()
     database = workdir / "thinkgate.db"
-    server = _spawn("thinkgate", [sys.executable, "-m", "app.cli", "serve", "--port", str(port), "--no-auth",
-                                  "--upstream", upstream, "--database-url", f"sqlite:///{database}"], workdir)
+    server = _spawn(
+        "thinkgate",
+        [
+            sys.executable,
+            "-m",
+            "app.cli",
+            "serve",
+            "--port",
+            str(port),
+            "--no-auth",
+            "--upstream",
+            upstream,
+            "--database-url",
+            f"sqlite:///{database}",
+        ],
+        workdir,
+        cwd=root,
+    )
     server.url = f"http://127.0.0.1:{port}"
     wait_ready(f"{server.url}/ready", server.process, 120, server.log)
     return server
@@ -156,16 +184,27 @@ def ensure_litellm() -> Path:
     """`bench/.litellm-venv` with LiteLLM's proxy, installed from the registry on first use."""
     binary = LITELLM_VENV / "bin" / "litellm"
     if not binary.exists():
-        print(f"[bench] installing {LITELLM_REQUIREMENT} into {LITELLM_VENV} (first run only)", file=sys.stderr)
+        print(
+            f"[bench] installing {LITELLM_REQUIREMENT} into {LITELLM_VENV} (first run only)", file=sys.stderr
+        )
         subprocess.run([sys.executable, "-m", "venv", str(LITELLM_VENV)], check=True)
-        subprocess.run([str(LITELLM_VENV / "bin" / "pip"), "install", "--quiet", LITELLM_REQUIREMENT], check=True)
+        subprocess.run(
+            [str(LITELLM_VENV / "bin" / "pip"), "install", "--quiet", LITELLM_REQUIREMENT], check=True
+        )
     return binary
 
 
 def litellm_version() -> str:
-    result = subprocess.run([str(LITELLM_VENV / "bin" / "python"), "-c",
-                             "import importlib.metadata as m; print(m.version('litellm'))"],
-                            capture_output=True, text=True, check=False)  # fmt: skip
+    result = subprocess.run(
+        [
+            str(LITELLM_VENV / "bin" / "python"),
+            "-c",
+            "import importlib.metadata as m; print(m.version('litellm'))",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     return result.stdout.strip() or "?"
 
 
@@ -187,18 +226,53 @@ def start_litellm(workdir: Path, upstream: str, model: str) -> Server:
 
     master_key = f"sk-{secrets.token_hex(24)}"  # LiteLLM refuses to start without one
     env = {"LITELLM_LOG": "ERROR", "LITELLM_TELEMETRY": "False", "LITELLM_MASTER_KEY": master_key}
-    server = _spawn("litellm", [str(binary), "--config", str(config), "--host", "127.0.0.1", "--port", str(port),
-                                "--num_workers", "1"], workdir, env)  # fmt: skip
+    server = _spawn(
+        "litellm",
+        [
+            str(binary),
+            "--config",
+            str(config),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--num_workers",
+            "1",
+        ],
+        workdir,
+        env,
+    )
     server.url, server.api_key = f"http://127.0.0.1:{port}", master_key
     wait_ready(f"{server.url}/health/liveliness", server.process, 180, server.log)
     return server
 
 
-def load(url: str, model: str, concurrency: int, duration: float, warmup: float, max_tokens: int | None,
-         extra: dict[str, Any] | None, server: Server | None) -> dict[str, Any]:
+def load(
+    url: str,
+    model: str,
+    concurrency: int,
+    duration: float,
+    warmup: float,
+    max_tokens: int | None,
+    extra: dict[str, Any] | None,
+    server: Server | None,
+) -> dict[str, Any]:
     """One load-generator run; the server's CPU is read over the measured window only."""
-    command = [sys.executable, "-m", "bench.loadgen", "--url", url, "--model", model, "--concurrency",
-               str(concurrency), "--duration", str(duration), "--warmup", str(warmup)]
+    command = [
+        sys.executable,
+        "-m",
+        "bench.loadgen",
+        "--url",
+        url,
+        "--model",
+        model,
+        "--concurrency",
+        str(concurrency),
+        "--duration",
+        str(duration),
+        "--warmup",
+        str(warmup),
+    ]
     if max_tokens:
         command += ["--max-tokens", str(max_tokens)]
     if extra:
@@ -214,9 +288,30 @@ def load(url: str, model: str, concurrency: int, duration: float, warmup: float,
     if process.returncode != 0:
         raise RuntimeError(f"load generator failed: {err.decode(errors='replace')[-2000:]}")
     result: dict[str, Any] = json.loads(out)
-    result["cpu_s_per_1k"] = cpu / result["requests"] * 1000 if server and result["requests"] else None
-    result["rss_mib"] = server.rss() / 2**20 if server else None
+    result["cpu_s"] = cpu if server else None
     return result
+
+
+def merge(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One row from the rounds of one point: totals over all rounds, percentiles over all samples."""
+    seconds = sum(r["seconds"] for r in runs)
+    requests = sum(r["requests"] for r in runs)
+    ttft = sorted(t for r in runs for t in r["ttft_ms"])
+    cpu = [r["cpu_s"] for r in runs if r["cpu_s"] is not None]
+    return {
+        "concurrency": runs[0]["concurrency"],
+        "rounds": len(runs),
+        "seconds": seconds,
+        "requests": requests,
+        "errors": sum(r["errors"] for r in runs),
+        "first_error": next((r["first_error"] for r in runs if r["first_error"]), None),
+        "requests_per_s": requests / seconds,
+        "chunks_per_s": sum(r["chunks"] for r in runs) / seconds,
+        "ttft_p50_ms": statistics.median(ttft) if ttft else None,
+        "ttft_p99_ms": ttft[min(len(ttft) - 1, round(0.99 * (len(ttft) - 1)))] if ttft else None,
+        "cpu_s_per_1k": sum(cpu) / requests * 1000 if cpu and requests else None,
+        "per_round_chunks_per_s": [r["chunks_per_s"] for r in runs],
+    }
 
 
 @dataclass
@@ -228,36 +323,52 @@ class Case:
     extra: dict[str, Any] | None
 
 
-def run_case(case: Case, upstream: Server, proxies: list[str], duration: float, warmup: float,
-             workdir: Path) -> list[dict[str, Any]]:
+def run_case(
+    case: Case,
+    upstream: Server,
+    proxies: list[str],
+    duration: float,
+    warmup: float,
+    workdir: Path,
+    baseline: Path | None = None,
+    rounds: int = 1,
+) -> list[dict[str, Any]]:
     servers: dict[str, Server | None] = {"direct": None}
     started: list[Server] = []
     try:
         if "thinkgate" in proxies:
             servers["thinkgate"] = start_thinkgate(workdir / f"{case.engine}-thinkgate", upstream.url)
+        if baseline is not None and "baseline" in proxies:
+            servers["baseline"] = start_thinkgate(workdir / f"{case.engine}-baseline", upstream.url, baseline)
         if "litellm" in proxies:
             servers["litellm"] = start_litellm(workdir / f"{case.engine}-litellm", upstream.url, case.model)
         started = [s for s in servers.values() if s is not None]
-        for server in started:
-            server.start_sampling()
+        for running in started:
+            running.start_sampling()
         rows = []
         for concurrency in case.concurrency:
+            # Rounds, each path once per round in a rotating order, so a change in the machine's
+            # background load during the point hits every path alike.
+            runs: dict[str, list[dict[str, Any]]] = {name: [] for name in proxies}
+            for round_ in range(rounds):
+                for name in proxies[round_ % len(proxies) :] + proxies[: round_ % len(proxies)]:
+                    proxy = servers[name]
+                    url = upstream.url if proxy is None else proxy.url
+                    print(f"[bench] {case.engine} c={concurrency} {name} round {round_ + 1}", file=sys.stderr)
+                    runs[name].append(
+                        load(
+                            url, case.model, concurrency, duration, warmup, case.max_tokens, case.extra, proxy
+                        )
+                    )
             for name in proxies:
-                server = servers[name]
-                url = upstream.url if server is None else server.url
-                print(f"[bench] {case.engine} c={concurrency} {name} ...", file=sys.stderr, flush=True)
-                result = load(url, case.model, concurrency, duration, warmup, case.max_tokens, case.extra, server)
-                result.update(engine=case.engine, proxy=name)
-                if server is None:
-                    result["engine_cpu_s_per_1k"] = None
-                rows.append(result)
+                rows.append({**merge(runs[name]), "engine": case.engine, "proxy": name})
         for row in rows:
-            server = servers[row["proxy"]]
-            row["rss_peak_mib"] = server.rss_peak / 2**20 if server else None
+            proxy = servers[row["proxy"]]
+            row["rss_peak_mib"] = proxy.rss_peak / 2**20 if proxy else None
         return rows
     finally:
-        for server in started:
-            server.stop()
+        for running in started:
+            running.stop()
 
 
 def _fmt(value: float | None, digits: int = 1) -> str:
@@ -278,15 +389,28 @@ def table(rows: list[dict[str, Any]]) -> str:
     for row in rows:
         base = direct.get((row["engine"], row["concurrency"]))
         added = None
-        if base and row["proxy"] != "direct" and row["ttft_p50_ms"] is not None and base["ttft_p50_ms"] is not None:
+        if (
+            base
+            and row["proxy"] != "direct"
+            and row["ttft_p50_ms"] is not None
+            and base["ttft_p50_ms"] is not None
+        ):
             added = row["ttft_p50_ms"] - base["ttft_p50_ms"]
-        lines.append(
-            f"| {row['engine']} | {row['concurrency']} | {row['proxy']} | {_fmt(row['requests_per_s'])} "
-            f"| {_fmt(row['chunks_per_s'], 0)} | {_ratio(row['chunks_per_s'], base and base['chunks_per_s'])} "
-            f"| {_fmt(row['ttft_p50_ms'], 2)} | {_fmt(added, 2) if added is not None else '-'} "
-            f"| {_fmt(row['ttft_p99_ms'], 2)} | {_fmt(row['cpu_s_per_1k'], 2)} | {_fmt(row.get('rss_peak_mib'), 0)} "
-            f"| {row['errors']} |"
-        )
+        cells = [
+            row["engine"],
+            row["concurrency"],
+            row["proxy"],
+            _fmt(row["requests_per_s"]),
+            _fmt(row["chunks_per_s"], 0),
+            _ratio(row["chunks_per_s"], base["chunks_per_s"] if base else None),
+            _fmt(row["ttft_p50_ms"], 2),
+            "-" if added is None else f"{added:+.2f}",
+            _fmt(row["ttft_p99_ms"], 2),
+            _fmt(row["cpu_s_per_1k"], 2),
+            _fmt(row.get("rss_peak_mib"), 0),
+            row["errors"],
+        ]
+        lines.append("| " + " | ".join(str(cell) for cell in cells) + " |")
     return "\n".join(lines)
 
 
@@ -304,21 +428,29 @@ def verdict(rows: list[dict[str, Any]]) -> list[str]:
         top = fake_c[-1]
         tg, ll = get("fake", top, "thinkgate", "chunks_per_s"), get("fake", top, "litellm", "chunks_per_s")
         if tg and ll:
-            checks.append(f"Thinkgate ≥10× LiteLLM chunks/s (fake, {top} streams): {tg / ll:.1f}× "
-                          f"{'MET' if tg >= 10 * ll else 'NOT MET'}")
+            checks.append(
+                f"Thinkgate ≥10× LiteLLM chunks/s (fake, {top} streams): {tg / ll:.1f}× "
+                f"{'MET' if tg >= 10 * ll else 'NOT MET'}"
+            )
         direct = get("fake", top, "direct", "chunks_per_s")
         if tg and direct:
-            checks.append(f"Thinkgate ≥50% of direct chunks/s (fake, {top} streams): {100 * tg / direct:.0f}% "
-                          f"{'MET' if tg >= 0.5 * direct else 'NOT MET'}")
+            checks.append(
+                f"Thinkgate ≥50% of direct chunks/s (fake, {top} streams): {100 * tg / direct:.0f}% "
+                f"{'MET' if tg >= 0.5 * direct else 'NOT MET'}"
+            )
         tg1, d1 = get("fake", 1, "thinkgate", "ttft_p50_ms"), get("fake", 1, "direct", "ttft_p50_ms")
         if tg1 is not None and d1 is not None:
-            checks.append(f"Thinkgate adds <1 ms median TTFT at 1 stream (fake): +{tg1 - d1:.2f} ms "
-                          f"{'MET' if tg1 - d1 < 1 else 'NOT MET'}")
+            checks.append(
+                f"Thinkgate adds <1 ms median TTFT at 1 stream (fake): +{tg1 - d1:.2f} ms "
+                f"{'MET' if tg1 - d1 < 1 else 'NOT MET'}"
+            )
     for c in sorted({r["concurrency"] for r in rows if r["engine"] == "vllm"}):
         tg, direct = get("vllm", c, "thinkgate", "chunks_per_s"), get("vllm", c, "direct", "chunks_per_s")
         if tg and direct:
-            checks.append(f"Thinkgate ≥98% of direct throughput (vLLM, {c} streams): {100 * tg / direct:.1f}% "
-                          f"{'MET' if tg >= 0.98 * direct else 'NOT MET'}")
+            checks.append(
+                f"Thinkgate ≥98% of direct throughput (vLLM, {c} streams): {100 * tg / direct:.1f}% "
+                f"{'MET' if tg >= 0.98 * direct else 'NOT MET'}"
+            )
     return checks
 
 
@@ -337,19 +469,34 @@ def real_engine(url: str | None, workdir: Path) -> Iterator[Server]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--engines", default="fake,vllm", help="fake, vllm or both (comma-separated)")
-    parser.add_argument("--proxies", default=",".join(PROXIES), help="direct, thinkgate, litellm (comma-separated)")
+    parser.add_argument(
+        "--proxies", default=",".join(PROXIES), help="direct, thinkgate, litellm (comma-separated)"
+    )
     parser.add_argument("--concurrency", default="1,16,64", help="concurrent streams for the fake engine")
     parser.add_argument("--real-concurrency", default="1,4", help="concurrent streams for the real engine")
-    parser.add_argument("--duration", type=float, default=8.0, help="measured seconds per point")
+    parser.add_argument("--duration", type=float, default=4.0, help="measured seconds per path and round")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds per point (paths rotate within each)")
     parser.add_argument("--warmup", type=float, default=1.5, help="unmeasured seconds before each point")
     parser.add_argument("--tokens", type=int, default=64, help="tokens per fake stream")
     parser.add_argument("--real-tokens", type=int, default=16, help="max_tokens per real-engine stream")
-    parser.add_argument("--real-url", default=os.environ.get("THINKGATE_BENCH_ENGINE_URL"),
-                        help="a running vLLM server to reuse (default: start one on the bundled model)")
-    parser.add_argument("--out", type=Path, default=ROOT / "artifacts" / "bench", help="folder for the JSON results")
+    parser.add_argument(
+        "--real-url",
+        default=os.environ.get("THINKGATE_BENCH_ENGINE_URL"),
+        help="a running vLLM server to reuse (default: start one on the bundled model)",
+    )
+    parser.add_argument(
+        "--out", type=Path, default=ROOT / "artifacts" / "bench", help="folder for the JSON results"
+    )
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="another checkout of Thinkgate, run as the 'baseline' path (before/after)",
+    )
     args = parser.parse_args(argv)
     engines = [e for e in args.engines.split(",") if e]
     proxies = [p for p in args.proxies.split(",") if p]
+    if args.baseline:
+        proxies.insert(proxies.index("thinkgate") if "thinkgate" in proxies else len(proxies), "baseline")
     if "litellm" in proxies:
         ensure_litellm()
     rows: list[dict[str, Any]] = []
@@ -363,17 +510,30 @@ def main(argv: list[str] | None = None) -> int:
             fake = start_fake_engine(workdir, args.tokens)
             fake.start_sampling()
             try:
-                case = Case("fake", "fake-reasoner", [int(c) for c in args.concurrency.split(",")], None, None)
-                rows += run_case(case, fake, proxies, args.duration, args.warmup, workdir)
+                case = Case(
+                    "fake", "fake-reasoner", [int(c) for c in args.concurrency.split(",")], None, None
+                )
+                rows += run_case(
+                    case, fake, proxies, args.duration, args.warmup, workdir, args.baseline, args.rounds
+                )
             finally:
                 fake.stop()
         if "vllm" in engines:
             with real_engine(args.real_url, workdir) as vllm:
                 model = httpx.get(f"{vllm.url}/v1/models", timeout=10).json()["data"][0]["id"]
                 # Fixed-length streams, so every path generates the same number of tokens.
-                extra = {"ignore_eos": True, "temperature": 0}
-                case = Case("vllm", model, [int(c) for c in args.real_concurrency.split(",")], args.real_tokens, extra)
-                rows += run_case(case, vllm, proxies, max(args.duration, 10.0), args.warmup, workdir)
+                # Thinking off on both paths (Thinkgate reads the same switch as its short mode).
+                extra = {
+                    "ignore_eos": True,
+                    "temperature": 0,
+                    "chat_template_kwargs": {"enable_thinking": False},
+                }
+                case = Case(
+                    "vllm", model, [int(c) for c in args.real_concurrency.split(",")], args.real_tokens, extra
+                )
+                rows += run_case(
+                    case, vllm, proxies, args.duration, args.warmup, workdir, args.baseline, args.rounds
+                )
     report = {
         "command": " ".join(["python -m bench.run", *(argv if argv is not None else sys.argv[1:])]),
         "when": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
@@ -390,8 +550,10 @@ def main(argv: list[str] | None = None) -> int:
     print()
     for line in report["verdict"]:
         print(f"- {line}")
-    print(f"\n(LiteLLM {report['litellm']}; {report['cpus']} CPUs; load average at the end "
-          f"{', '.join(f'{x:.1f}' for x in report['load_average'])}; JSON: {path.relative_to(ROOT)})")
+    print(
+        f"\n(LiteLLM {report['litellm']}; {report['cpus']} CPUs; load average at the end "
+        f"{', '.join(f'{x:.1f}' for x in report['load_average'])}; JSON: {path})"
+    )
     errors = sum(row["errors"] for row in rows)
     return 1 if errors and all(row["requests"] == 0 for row in rows) else 0
 

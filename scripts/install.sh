@@ -63,7 +63,6 @@ case "$INSTALL" in
     engine) MODULES="transformers vllm" ;;
 esac
 step "checking the install ($INSTALL)"
-run "$VENV/bin/python" -c "import importlib, sys
-for name in '$MODULES'.split(): importlib.import_module(name)
-print('imports ok on', sys.version.split()[0])"
+# shellcheck disable=SC2086  # one argument per module name
+run "$VENV/bin/python" -c "import importlib, sys; [importlib.import_module(m) for m in sys.argv[1:]]; print('imports ok on', sys.version.split()[0])" $MODULES
 step "done"
