@@ -70,20 +70,49 @@ def postgres_server() -> Iterator[PostgresServer]:
         for path in (root, sockets):
             os.chown(path, account.pw_uid, account.pw_gid)
     subprocess.run(
-        _as_server_user([str(bin_dir / "initdb"), "-D", str(data), "-U", DB_USER, "--auth=trust", "-E", "UTF8",
-                         "--no-sync"]),
-        check=True, capture_output=True,
-    )  # fmt: skip
+        _as_server_user(
+            [
+                str(bin_dir / "initdb"),
+                "-D",
+                str(data),
+                "-U",
+                DB_USER,
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--no-sync",
+            ]
+        ),
+        check=True,
+        capture_output=True,
+    )
     port = free_port()
     log = (root / "postgres.log").open("wb")
     process = subprocess.Popen(
-        _as_server_user([
-            str(bin_dir / "postgres"), "-D", str(data), "-k", str(sockets), "-p", str(port),
-            "-c", "listen_addresses=127.0.0.1", "-c", "max_connections=300", "-c", "fsync=off",
-            "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
-        ]),
-        stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
+        _as_server_user(
+            [
+                str(bin_dir / "postgres"),
+                "-D",
+                str(data),
+                "-k",
+                str(sockets),
+                "-p",
+                str(port),
+                "-c",
+                "listen_addresses=127.0.0.1",
+                "-c",
+                "max_connections=300",
+                "-c",
+                "fsync=off",
+                "-c",
+                "synchronous_commit=off",
+                "-c",
+                "full_page_writes=off",
+            ]
+        ),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     server = PostgresServer("127.0.0.1", port, DB_USER)
     try:
         deadline = time.monotonic() + 60

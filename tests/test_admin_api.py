@@ -14,7 +14,11 @@ import pytest
 from support import GatewayProcess, free_port, query_db, start_gateway
 
 ADMIN_SECRET = "admin-secret-for-tests"
-CHAT = {"model": "thinkgate-arith", "messages": [{"role": "user", "content": "What is 2 + 2?"}], "max_tokens": 8}
+CHAT = {
+    "model": "thinkgate-arith",
+    "messages": [{"role": "user", "content": "What is 2 + 2?"}],
+    "max_tokens": 8,
+}
 
 
 @pytest.fixture(scope="module")
@@ -47,8 +51,17 @@ def assert_error(response: httpx.Response, status: int, code: str, param: str | 
 
 
 def test_create_converts_usd_exactly_and_returns_the_secret_once(admin: httpx.Client) -> None:
-    created = admin.post("/v1/admin/keys", json={"name": "exact", "budget": "0.000003", "rpm": 7, "tpm": 900,
-                                                 "modes": ["short"], "max_effort": "low"})  # fmt: skip
+    created = admin.post(
+        "/v1/admin/keys",
+        json={
+            "name": "exact",
+            "budget": "0.000003",
+            "rpm": 7,
+            "tpm": 900,
+            "modes": ["short"],
+            "max_effort": "low",
+        },
+    )
     assert created.status_code == 201, created.text
     key = created.json()
     assert key["budget_micros"] == 3 and key["spent_micros"] == 0 and key["reserved_micros"] == 0
@@ -65,7 +78,9 @@ def test_create_converts_usd_exactly_and_returns_the_secret_once(admin: httpx.Cl
 
 
 def test_patch_changes_only_given_fields_and_null_clears(admin: httpx.Client) -> None:
-    key = admin.post("/v1/admin/keys", json={"name": "patch", "budget": 1, "rpm": 5, "modes": ["long"]}).json()
+    key = admin.post(
+        "/v1/admin/keys", json={"name": "patch", "budget": 1, "rpm": 5, "modes": ["long"]}
+    ).json()
     patched = admin.patch(f"/v1/admin/keys/{key['id']}", json={"budget": "2.5", "rpm": None})
     assert patched.status_code == 200, patched.text
     body = patched.json()
@@ -77,11 +92,20 @@ def test_patch_changes_only_given_fields_and_null_clears(admin: httpx.Client) ->
 
 
 def test_bad_bodies_are_400_naming_the_field(admin: httpx.Client) -> None:
-    assert_error(admin.post("/v1/admin/keys", json={"name": "x", "budget": "0.0000001"}), 400, "invalid_value", "budget")
-    assert_error(admin.post("/v1/admin/keys", json={"name": "x", "budget": -1}), 400, "invalid_value", "budget")
+    assert_error(
+        admin.post("/v1/admin/keys", json={"name": "x", "budget": "0.0000001"}),
+        400,
+        "invalid_value",
+        "budget",
+    )
+    assert_error(
+        admin.post("/v1/admin/keys", json={"name": "x", "budget": -1}), 400, "invalid_value", "budget"
+    )
     assert_error(admin.post("/v1/admin/keys", json={"name": "x", "modes": ["medium"]}), 400, "invalid_value")
     assert_error(admin.post("/v1/admin/keys", json={"name": "x", "rpm": 0}), 400, "invalid_value", "rpm")
-    assert_error(admin.post("/v1/admin/keys", json={"name": "x", "colour": 1}), 400, "invalid_value", "colour")
+    assert_error(
+        admin.post("/v1/admin/keys", json={"name": "x", "colour": 1}), 400, "invalid_value", "colour"
+    )
     assert_error(admin.patch("/v1/admin/keys/key_nope", json={"rpm": 3}), 404, "key_not_found")
     assert_error(admin.delete("/v1/admin/keys/key_nope"), 404, "key_not_found")
 
@@ -116,13 +140,24 @@ def test_limits_set_through_the_api_are_enforced_before_the_engine(
     low_effort = admin.post("/v1/admin/keys", json={"name": "low effort", "max_effort": "low"}).json()
     broke = admin.post("/v1/admin/keys", json={"name": "broke", "budget": "0.000001"}).json()
     with as_key(admin_gateway, short_only["secret"]) as client:
-        assert_error(client.post("/v1/chat/completions", json={**CHAT, "reasoning_mode": "long"}),
-                     403, "permission_denied", "reasoning_mode")  # fmt: skip
-        assert_error(client.post("/v1/chat/completions", json={**CHAT, "model": "thinkgate-arith:long"}),
-                     403, "permission_denied")  # fmt: skip
+        assert_error(
+            client.post("/v1/chat/completions", json={**CHAT, "reasoning_mode": "long"}),
+            403,
+            "permission_denied",
+            "reasoning_mode",
+        )
+        assert_error(
+            client.post("/v1/chat/completions", json={**CHAT, "model": "thinkgate-arith:long"}),
+            403,
+            "permission_denied",
+        )
     with as_key(admin_gateway, low_effort["secret"]) as client:
-        assert_error(client.post("/v1/chat/completions", json={**CHAT, "reasoning_effort": "high"}),
-                     403, "permission_denied", "reasoning_effort")  # fmt: skip
+        assert_error(
+            client.post("/v1/chat/completions", json={**CHAT, "reasoning_effort": "high"}),
+            403,
+            "permission_denied",
+            "reasoning_effort",
+        )
     with as_key(admin_gateway, broke["secret"]) as client:
         refused = client.post("/v1/chat/completions", json=CHAT)
         assert_error(refused, 429, "insufficient_quota")
@@ -132,8 +167,10 @@ def test_limits_set_through_the_api_are_enforced_before_the_engine(
     records = query_db(
         admin_gateway.database_url,
         "SELECT key_id, status, error, cost_micros FROM usage_records WHERE key_id IN (:a, :b, :c)",
-        a=short_only["id"], b=low_effort["id"], c=broke["id"],
-    )  # fmt: skip
+        a=short_only["id"],
+        b=low_effort["id"],
+        c=broke["id"],
+    )
     assert sorted((r["key_id"], r["status"]) for r in records) == sorted(
         [(short_only["id"], "rejected")] * 2 + [(low_effort["id"], "rejected"), (broke["id"], "rejected")]
     )
@@ -147,6 +184,8 @@ def test_openapi_documents_the_admin_routes(admin_gateway: GatewayProcess) -> No
     assert {"get", "patch", "delete"} <= set(paths["/v1/admin/keys/{key_id}"])
     create = paths["/v1/admin/keys"]["post"]
     assert "201" in create["responses"] and "422" not in create["responses"]
-    assert create["responses"]["403"]["content"]["application/json"]["schema"]["$ref"].endswith("ErrorResponse")
+    assert create["responses"]["403"]["content"]["application/json"]["schema"]["$ref"].endswith(
+        "ErrorResponse"
+    )
     key_schema = schema["components"]["schemas"]["KeyCreate"]["properties"]
     assert {"name", "budget", "rpm", "tpm", "modes", "max_effort", "admin"} <= set(key_schema)

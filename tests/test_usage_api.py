@@ -21,7 +21,6 @@ from typing import Any
 
 import httpx
 import pytest
-
 from support import ROOT, THINKGATE, GatewayProcess, free_port, start_gateway
 
 ADMIN_SECRET = "usage-admin-secret"
@@ -34,25 +33,42 @@ def day_of(created_at: float) -> str:
 
 
 class Seeded:
-    def __init__(self, gateway: GatewayProcess, keys: dict[str, dict[str, Any]], records: list[dict[str, Any]]):
+    def __init__(
+        self, gateway: GatewayProcess, keys: dict[str, dict[str, Any]], records: list[dict[str, Any]]
+    ):
         self.gateway = gateway
         self.keys = keys
         self.records = records
 
     def client(self, who: str) -> httpx.Client:
         secret = ADMIN_SECRET if who == "admin" else self.keys[who]["secret"]
-        return httpx.Client(base_url=self.gateway.base_url, headers={"Authorization": f"Bearer {secret}"}, timeout=30)
+        return httpx.Client(
+            base_url=self.gateway.base_url, headers={"Authorization": f"Bearer {secret}"}, timeout=30
+        )
 
-    def expected(self, group_by: list[str], key_id: str | None = None, start: float | None = None,
-                 end: float | None = None) -> dict[tuple[str, ...], dict[str, int]]:  # fmt: skip
-        totals: dict[tuple[str, ...], dict[str, int]] = defaultdict(lambda: dict.fromkeys(("requests", *SUMS), 0))
+    def expected(
+        self,
+        group_by: list[str],
+        key_id: str | None = None,
+        start: float | None = None,
+        end: float | None = None,
+    ) -> dict[tuple[str, ...], dict[str, int]]:
+        totals: dict[tuple[str, ...], dict[str, int]] = defaultdict(
+            lambda: dict.fromkeys(("requests", *SUMS), 0)
+        )
         for record in self.records:
             if key_id is not None and record["key_id"] != key_id:
                 continue
-            if (start is not None and record["created_at"] < start) or (end is not None and record["created_at"] >= end):
+            if (start is not None and record["created_at"] < start) or (
+                end is not None and record["created_at"] >= end
+            ):
                 continue
-            fields = {"day": day_of(record["created_at"]), "model": record["model"], "mode": record["mode"],
-                      "key": record["key_id"]}  # fmt: skip
+            fields = {
+                "day": day_of(record["created_at"]),
+                "model": record["model"],
+                "mode": record["mode"],
+                "key": record["key_id"],
+            }
             group = totals[tuple(fields[g] for g in group_by)]
             group["requests"] += 1
             for name in SUMS:
@@ -62,7 +78,10 @@ class Seeded:
 
 def as_groups(rows: list[dict[str, Any]], group_by: list[str]) -> dict[tuple[str, ...], dict[str, int]]:
     names = {"day": "day", "model": "model", "mode": "mode", "key": "key_id"}
-    return {tuple(str(row[names[g]]) for g in group_by): {n: int(row[n]) for n in ("requests", *SUMS)} for row in rows}
+    return {
+        tuple(str(row[names[g]]) for g in group_by): {n: int(row[n]) for n in ("requests", *SUMS)}
+        for row in rows
+    }
 
 
 @pytest.fixture(scope="module")
@@ -80,27 +99,40 @@ def seeded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Seeded]:
         for i in range(90):
             completion = rng.randint(0, 400)
             reasoning = rng.randint(0, completion)
-            records.append({
-                "id": f"chatcmpl-seed{i:04d}", "key_id": keys[rng.choice(["alice", "bob"])]["id"],
-                "created_at": midnight - rng.randint(0, 2) * 86_400 + rng.uniform(1, 86_000), "instance_id": "seed",
-                "model": rng.choice(["thinkgate-arith", "other-model"]), "mode": rng.choice(["long", "short"]),
-                "mode_source": "auto", "status": rng.choice(STATUSES), "prompt_tokens": rng.randint(1, 300),
-                "completion_tokens": completion, "reasoning_tokens": reasoning, "answer_tokens": completion - reasoning,
-                "cost_micros": rng.randint(0, 5000),
-            })  # fmt: skip
+            records.append(
+                {
+                    "id": f"chatcmpl-seed{i:04d}",
+                    "key_id": keys[rng.choice(["alice", "bob"])]["id"],
+                    "created_at": midnight - rng.randint(0, 2) * 86_400 + rng.uniform(1, 86_000),
+                    "instance_id": "seed",
+                    "model": rng.choice(["thinkgate-arith", "other-model"]),
+                    "mode": rng.choice(["long", "short"]),
+                    "mode_source": "auto",
+                    "status": rng.choice(STATUSES),
+                    "prompt_tokens": rng.randint(1, 300),
+                    "completion_tokens": completion,
+                    "reasoning_tokens": reasoning,
+                    "answer_tokens": completion - reasoning,
+                    "cost_micros": rng.randint(0, 5000),
+                }
+            )
         database = gw.database_url.removeprefix("sqlite:///")
         with sqlite3.connect(database) as conn:
             columns = list(records[0])
+            placeholders = ", ".join(":" + column for column in columns)
             conn.executemany(
-                f"INSERT INTO usage_records ({', '.join(columns)}) VALUES ({', '.join(':' + c for c in columns)})",
-                records,
+                f"INSERT INTO usage_records ({', '.join(columns)}) VALUES ({placeholders})", records
             )
-            conn.execute("UPDATE api_keys SET spent_micros = 1234567, reserved_micros = 89 WHERE id = ?",
-                         (keys["alice"]["id"],))  # fmt: skip
+            conn.execute(
+                "UPDATE api_keys SET spent_micros = 1234567, reserved_micros = 89 WHERE id = ?",
+                (keys["alice"]["id"],),
+            )
         yield Seeded(gw, keys, records)
 
 
-@pytest.mark.parametrize("group_by", [["day"], ["model"], ["mode"], ["key"], ["day", "mode"], ["model", "mode", "key"]])
+@pytest.mark.parametrize(
+    "group_by", [["day"], ["model"], ["mode"], ["key"], ["day", "mode"], ["model", "mode", "key"]]
+)
 def test_admin_totals_match_the_records(seeded: Seeded, group_by: list[str]) -> None:
     with seeded.client("admin") as admin:
         response = admin.get("/v1/usage", params={"group_by": ",".join(group_by)})
@@ -134,13 +166,19 @@ def test_date_and_time_filters(seeded: Seeded) -> None:
     yesterday = (datetime.now(UTC) - timedelta(days=1)).strftime("%Y-%m-%d")
     start = datetime.fromisoformat(yesterday).replace(tzinfo=UTC).timestamp()
     with seeded.client("admin") as admin:
-        one_day = admin.get("/v1/usage", params={"group_by": "day", "start": yesterday, "end": yesterday}).json()
-        assert as_groups(one_day["data"], ["day"]) == seeded.expected(["day"], start=start, end=start + 86_400)
+        one_day = admin.get(
+            "/v1/usage", params={"group_by": "day", "start": yesterday, "end": yesterday}
+        ).json()
+        assert as_groups(one_day["data"], ["day"]) == seeded.expected(
+            ["day"], start=start, end=start + 86_400
+        )
         assert [row["day"] for row in one_day["data"]] == [yesterday]
         noon = f"{yesterday}T12:00:00Z"
         since_noon = admin.get("/v1/usage", params={"group_by": "mode", "start": noon}).json()["data"]
         assert as_groups(since_noon, ["mode"]) == seeded.expected(["mode"], start=start + 43_200)
-        unix = admin.get("/v1/usage", params={"group_by": "mode", "start": str(start + 43_200)}).json()["data"]
+        unix = admin.get("/v1/usage", params={"group_by": "mode", "start": str(start + 43_200)}).json()[
+            "data"
+        ]
         assert unix == since_noon
 
 
@@ -160,7 +198,9 @@ def test_records_page_newest_first_without_gaps(seeded: Seeded) -> None:
             cursor = page["next_cursor"]
         assert seen == [r["id"] for r in expected]
         aborted = admin.get("/v1/usage/records", params={"status": "aborted", "limit": 1000}).json()["data"]
-        assert sorted(r["id"] for r in aborted) == sorted(r["id"] for r in seeded.records if r["status"] == "aborted")
+        assert sorted(r["id"] for r in aborted) == sorted(
+            r["id"] for r in seeded.records if r["status"] == "aborted"
+        )
         first = admin.get("/v1/usage/records", params={"limit": 1}).json()["data"][0]
     source = next(r for r in seeded.records if r["id"] == first["id"])
     assert {k: first[k] for k in source} == source
@@ -181,7 +221,9 @@ def test_csv_export_of_totals_and_records(seeded: Seeded) -> None:
         (r["day"], r["mode"], r["requests"], r["cost_micros"]) for r in json_rows
     ]
     # USD in CSV is an exact decimal string, never a float in exponent notation.
-    assert all(r["cost"] == f"{int(r['cost_micros']) // 10**6}.{int(r['cost_micros']) % 10**6:06d}" for r in rows)
+    assert all(
+        r["cost"] == f"{int(r['cost_micros']) // 10**6}.{int(r['cost_micros']) % 10**6:06d}" for r in rows
+    )
     records = list(csv.DictReader(io.StringIO(records_csv.text)))
     assert sorted(r["id"] for r in records) == sorted(r["id"] for r in seeded.records)
 
@@ -190,12 +232,23 @@ def test_balance_reports_budget_spent_reserved(seeded: Seeded) -> None:
     with seeded.client("alice") as client:
         balance = client.get("/v1/balance").json()
     assert balance == {
-        "object": "balance", "budget": 5.0, "spent": 1.234567, "reserved": 0.000089, "available": 3.765344,
-        "budget_micros": 5_000_000, "spent_micros": 1_234_567, "reserved_micros": 89, "available_micros": 3_765_344,
-    }  # fmt: skip
+        "object": "balance",
+        "budget": 5.0,
+        "spent": 1.234567,
+        "reserved": 0.000089,
+        "available": 3.765344,
+        "budget_micros": 5_000_000,
+        "spent_micros": 1_234_567,
+        "reserved_micros": 89,
+        "available_micros": 3_765_344,
+    }
     with seeded.client("bob") as client:
         unlimited = client.get("/v1/balance").json()
-    assert unlimited["budget"] is None and unlimited["available"] is None and unlimited["available_micros"] is None
+    assert (
+        unlimited["budget"] is None
+        and unlimited["available"] is None
+        and unlimited["available_micros"] is None
+    )
 
 
 @pytest.mark.parametrize(
@@ -212,7 +265,9 @@ def test_balance_reports_budget_spent_reserved(seeded: Seeded) -> None:
         ("/v1/usage/records", {"status": "lost"}, "status"),
     ],
 )
-def test_bad_parameters_are_400_naming_them(seeded: Seeded, path: str, params: dict[str, str], param: str) -> None:
+def test_bad_parameters_are_400_naming_them(
+    seeded: Seeded, path: str, params: dict[str, str], param: str
+) -> None:
     with seeded.client("admin") as admin:
         response = admin.get(path, params=params)
     assert response.status_code == 400, response.text
@@ -254,6 +309,11 @@ def test_usage_command_prints_the_same_totals(seeded: Seeded) -> None:
         assert printed[mode][-1] == f"{totals['cost_micros'] // 10**6}.{totals['cost_micros'] % 10**6:06d}"
     total = sum(t["cost_micros"] for t in expected.values())
     assert printed["TOTAL"][-1] == f"{total // 10**6}.{total % 10**6:06d}"
-    bad = subprocess.run([*THINKGATE, "--database-url", seeded.gateway.database_url, "usage", "--since", "soon"],
-                         capture_output=True, text=True, cwd=ROOT, timeout=120)  # fmt: skip
+    bad = subprocess.run(
+        [*THINKGATE, "--database-url", seeded.gateway.database_url, "usage", "--since", "soon"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
     assert bad.returncode == 2 and "--since" in bad.stderr

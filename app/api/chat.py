@@ -19,7 +19,7 @@ from app.api.deps import CurrentPrincipal, GatewayDep
 from app.api.protocol import ChatCompletionRequest
 from app.api.responses import DeferredJSONResponse, SSEResponse
 from app.chat import PreparedChat, new_request_id, prepare_chat
-from app.errors import APIError, IdempotencyConflict, UpstreamError
+from app.errors import APIError, IdempotencyConflict, RateLimited, UpstreamError
 from app.gateway import Gateway
 from app.keys import Principal
 from app.metering.ledger import OpenRequest, Outcome
@@ -65,8 +65,16 @@ async def create_chat_completion(
 
 
 def _affinity(principal: Principal, request: ChatCompletionRequest) -> str:
-    """Same key and same opening of the conversation → same replica (its prefix cache)."""
-    head = [m.model_dump_json(include={"role", "content"}) for m in request.messages[:2]]
+    """Same key and same opening of the conversation → same replica (its prefix cache).
+
+    The opening is everything up to the first user message: every later turn repeats it, so the
+    first turn and the follow-ups hash alike (a fixed count of messages would not: the first turn
+    has no assistant message yet)."""
+    head = []
+    for message in request.messages:
+        head.append(message.model_dump_json(include={"role", "content"}))
+        if message.role == "user":
+            break
     return hashlib.blake2b("|".join([principal.key_id, *head]).encode(), digest_size=8).hexdigest()
 
 
@@ -88,12 +96,11 @@ class Completion:
         self.prepared: PreparedChat | None = None
         self.handle: OpenRequest | None = None
         self.run: ChatRun | None = None
-        self.window: int | None = None
         self.status = "engine_error"
         self.error: str | None = None
         self._last_checkpoint = time.monotonic()
         self._background: set[asyncio.Task[None]] = set()
-        self._finished = False
+        self._settling: asyncio.Task[None] | None = None
 
     async def _reject(self, error: APIError, mode: str = "-") -> None:
         if self.gateway.settings.metering:
@@ -123,8 +130,6 @@ class Completion:
             )
             decision = prepared.decision
             token_bound = prepared.prompt_bound + prepared.output_bound
-            if metering:
-                self.window = await gateway.limiter.admit(self.principal, token_bound)
         except APIError as error:
             await self._reject(error, self.prepared.decision.mode if self.prepared else "-")
             raise
@@ -143,11 +148,12 @@ class Completion:
                     effort=decision.effort,
                     reserve_micros=worst_case_micros(prices, prepared.prompt_bound, prepared.output_bound),
                     idempotency_key=self.idempotency_key,
+                    limiter=gateway.limiter,
+                    rate_tokens=token_bound,
                 )
             )
         except APIError as error:
-            await gateway.limiter.correct(self.principal, self.window, token_bound, 0)
-            if isinstance(error, IdempotencyConflict):
+            if isinstance(error, IdempotencyConflict | RateLimited):
                 await self._reject(error, decision.mode)  # budget refusals are recorded by `open` itself
             else:
                 gateway.metrics.requests.labels(prepared.model, decision.mode, "rejected").inc()
@@ -309,11 +315,17 @@ class Completion:
     # -- the end, whatever happened -----------------------------------------------------------------
 
     async def finish(self, disconnected: bool) -> None:
-        """Settle the request exactly once, whoever comes first: the end of the work or the response."""
+        """Settle the request exactly once, whoever comes first: the end of the work or the response.
+
+        Settling runs as a task of its own: a caller cancelled meanwhile (the client left while the
+        stream was settling) cannot interrupt it half-way, and the second caller waits for it.
+        """
+        if self._settling is None:
+            self._settling = asyncio.ensure_future(self._settle(disconnected))
+        await asyncio.shield(self._settling)
+
+    async def _settle(self, disconnected: bool) -> None:
         assert self.prepared is not None and self.run is not None
-        if self._finished:
-            return
-        self._finished = True
         gateway, run, decision = self.gateway, self.run, self.prepared.decision
         await run.close()
         for task in list(self._background):
@@ -338,12 +350,7 @@ class Completion:
                     ttft_ms=run.ttft_ms,
                 ),
                 response_json=stored,
-            )
-            await gateway.limiter.correct(
-                self.principal,
-                self.window,
-                self.prepared.prompt_bound + self.prepared.output_bound,
-                counts.prompt + counts.completion,
+                limiter=gateway.limiter,
             )
         metrics, model, mode = gateway.metrics, self.prepared.model, decision.mode
         metrics.in_flight.dec()

@@ -71,6 +71,9 @@ class SSEResponse(Response):
             async def pump() -> None:
                 async for frame in self.frames:
                     await send({"type": "http.response.body", "body": frame, "more_body": True})
+                    # A turn of the event loop per frame: when the engine is ahead of us, reads never
+                    # wait, and without this a client's disconnect went unseen for seconds.
+                    await asyncio.sleep(0)
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
 
             disconnected = await _race(pump(), receive)

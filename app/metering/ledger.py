@@ -10,6 +10,7 @@ budget can never be overrun by concurrent requests, on one gateway or many shari
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from app.db.tables import api_keys, instances, usage_records
 from app.errors import IdempotencyConflict, QuotaExceeded
 from app.keys import Principal
 from app.metering.prices import TokenCounts, format_usd
+from app.metering.ratelimit import RateLimiter
 
 FINAL_STATUSES = ("completed", "length", "aborted", "engine_error", "rejected", "interrupted")
 
@@ -37,6 +39,9 @@ class OpenRequest:
     has_key_row: bool
     reserved_micros: int
     started: float
+    principal: Principal | None = None
+    window: int | None = None  # rate-limit window counted at open, corrected at settle
+    rate_tokens: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +52,16 @@ class Outcome:
     finish_reason: str | None = None
     error: str | None = None
     ttft_ms: float | None = None
+
+
+@dataclass(slots=True)
+class _Settlement:
+    handle: OpenRequest
+    outcome: Outcome
+    response_json: str | None
+    limiter: RateLimiter | None
+    at: float
+    done: asyncio.Future[bool]
 
 
 def _has_key_row(principal: Principal) -> bool:
@@ -61,6 +76,8 @@ class Ledger:
         self.engine = engine
         self.instance_id = instance_id
         self.price_of = price_of
+        self._settlements: list[_Settlement] = []
+        self._settler: asyncio.Task[None] | None = None
 
     async def open(
         self,
@@ -73,8 +90,14 @@ class Ledger:
         effort: str | None,
         reserve_micros: int,
         idempotency_key: str | None = None,
+        limiter: RateLimiter | None = None,
+        rate_tokens: int = 0,
     ) -> OpenRequest:
-        """Reserve `reserve_micros` and record the request as open, atomically; 429 when it does not fit."""
+        """Reserve `reserve_micros` and record the request as open, atomically; 429 when it does not fit.
+
+        With `limiter`, the request is also counted against the key's rate limits in the same
+        transaction (one round trip less per request); a rate-limit refusal undoes the reservation.
+        """
         now = time.time()
         has_row = _has_key_row(principal)
         record = {
@@ -89,7 +112,9 @@ class Ledger:
             "idempotency_key": idempotency_key,
         }
         try:
-            fits = await self._open(record, reserve_micros, has_row, now)
+            fits, window = await self._open(
+                record, reserve_micros, has_row, now, limiter, principal, rate_tokens
+            )
         except IntegrityError:
             raise IdempotencyConflict(
                 "A request with this Idempotency-Key is already running; retry when it has finished.",
@@ -101,11 +126,22 @@ class Ledger:
                 "max_completion_tokens), more than the key's remaining budget. Lower "
                 "max_completion_tokens or raise the key's budget."
             )
-        return OpenRequest(request_id, principal.key_id, has_row, reserve_micros, now)
+        return OpenRequest(
+            request_id, principal.key_id, has_row, reserve_micros, now, principal, window, rate_tokens
+        )
 
-    async def _open(self, record: dict[str, Any], reserve_micros: int, has_row: bool, now: float) -> bool:
-        """Reserve and insert the open record in one transaction; False (and a rejected record) if
-        the budget cannot cover the reservation."""
+    async def _open(
+        self,
+        record: dict[str, Any],
+        reserve_micros: int,
+        has_row: bool,
+        now: float,
+        limiter: RateLimiter | None,
+        principal: Principal,
+        rate_tokens: int,
+    ) -> tuple[bool, int | None]:
+        """Reserve, count the rate limits and insert the open record in one transaction; False (and a
+        rejected record) if the budget cannot cover the reservation."""
         async with self.engine.begin() as conn:
             if has_row:
                 fits = await conn.execute(
@@ -131,11 +167,12 @@ class Ledger:
                             error="insufficient_quota",
                         )
                     )
-                    return False
+                    return False, None
+            window = None if limiter is None else await limiter.admit(principal, rate_tokens, conn)
             await conn.execute(
                 insert(usage_records).values(**record, status="open", reserved_micros=reserve_micros)
             )
-        return True
+        return True, window
 
     async def replay(self, principal: Principal, idempotency_key: str) -> dict[str, Any] | None:
         """The stored response of a finished request with this key, or None to run it (again).
@@ -197,30 +234,68 @@ class Ledger:
             )
 
     async def settle(
-        self, handle: OpenRequest, outcome: Outcome, *, response_json: str | None = None
+        self,
+        handle: OpenRequest,
+        outcome: Outcome,
+        *,
+        response_json: str | None = None,
+        limiter: RateLimiter | None = None,
     ) -> bool:
-        """Close the record and move reserved → spent; False if it was already closed (reconciled)."""
-        now = time.time()
-        async with self.engine.begin() as conn:
-            closed = await conn.execute(
-                update(usage_records)
-                .where(usage_records.c.id == handle.request_id, usage_records.c.status == "open")
-                .values(
-                    status=outcome.status,
-                    finish_reason=outcome.finish_reason,
-                    error=outcome.error,
-                    cost_micros=outcome.cost_micros,
-                    settled_at=now,
-                    ttft_ms=outcome.ttft_ms,
-                    duration_ms=(now - handle.started) * 1000,
-                    response_json=response_json,
-                    **_count_columns(outcome.counts),
-                )
+        """Close the record and move reserved → spent; False if it was already closed (reconciled).
+
+        With `limiter`, the rate window counted at `open` is corrected to the tokens really used,
+        in the same transaction. Settlements that arrive while one is being written are written
+        together in the next transaction (group commit): under load the database connection is
+        taken once per batch instead of once per request.
+        """
+        done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._settlements.append(_Settlement(handle, outcome, response_json, limiter, time.time(), done))
+        if self._settler is None or self._settler.done():
+            self._settler = asyncio.create_task(self._write_settlements(), name="thinkgate-settle")
+        return await asyncio.shield(done)
+
+    async def _write_settlements(self) -> None:
+        while self._settlements:
+            batch, self._settlements = self._settlements, []
+            try:
+                async with self.engine.begin() as conn:
+                    closed = [await self._settle_in(conn, item) for item in batch]
+            except BaseException as error:
+                for item in batch:
+                    if not item.done.done():
+                        item.done.set_exception(error)
+                if not isinstance(error, Exception):
+                    raise
+                continue
+            for item, ok in zip(batch, closed, strict=True):
+                if not item.done.done():
+                    item.done.set_result(ok)
+
+    async def _settle_in(self, conn: AsyncConnection, item: _Settlement) -> bool:
+        handle, outcome, now = item.handle, item.outcome, item.at
+        response_json, limiter = item.response_json, item.limiter
+        closed = await conn.execute(
+            update(usage_records)
+            .where(usage_records.c.id == handle.request_id, usage_records.c.status == "open")
+            .values(
+                status=outcome.status,
+                finish_reason=outcome.finish_reason,
+                error=outcome.error,
+                cost_micros=outcome.cost_micros,
+                settled_at=now,
+                ttft_ms=outcome.ttft_ms,
+                duration_ms=(now - handle.started) * 1000,
+                response_json=response_json,
+                **_count_columns(outcome.counts),
             )
-            if closed.rowcount == 0:
-                return False
-            if handle.has_key_row:
-                await _release(conn, handle.key_id, handle.reserved_micros, outcome.cost_micros)
+        )
+        if closed.rowcount == 0:
+            return False
+        if handle.has_key_row:
+            await _release(conn, handle.key_id, handle.reserved_micros, outcome.cost_micros)
+        if limiter is not None and handle.principal is not None:
+            used = outcome.counts.prompt + outcome.counts.completion
+            await limiter.correct(handle.principal, handle.window, handle.rate_tokens, used, conn)
         return True
 
     async def heartbeat(self) -> None:

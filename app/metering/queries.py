@@ -23,11 +23,30 @@ from app.db.tables import api_keys, usage_records
 
 GROUPS = ("day", "model", "mode", "key")
 RECORD_FIELDS = (
-    "id", "key_id", "created_at", "settled_at", "instance_id", "model", "mode", "mode_source", "effort",
-    "status", "finish_reason", "error", "prompt_tokens", "image_tokens", "cached_tokens",
-    "completion_tokens", "reasoning_tokens", "answer_tokens", "reserved_micros", "cost_micros",
-    "ttft_ms", "duration_ms", "idempotency_key",
-)  # fmt: skip
+    "id",
+    "key_id",
+    "created_at",
+    "settled_at",
+    "instance_id",
+    "model",
+    "mode",
+    "mode_source",
+    "effort",
+    "status",
+    "finish_reason",
+    "error",
+    "prompt_tokens",
+    "image_tokens",
+    "cached_tokens",
+    "completion_tokens",
+    "reasoning_tokens",
+    "answer_tokens",
+    "reserved_micros",
+    "cost_micros",
+    "ttft_ms",
+    "duration_ms",
+    "idempotency_key",
+)
 DAY_S = 86_400
 _RELATIVE = re.compile(r"^(\d+)([mhdw])$")
 _UNIT_S = {"m": 60, "h": 3600, "d": DAY_S, "w": 7 * DAY_S}

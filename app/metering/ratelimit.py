@@ -12,7 +12,7 @@ import time
 from sqlalchemy import delete, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app.db.tables import rate_windows
 from app.errors import RateLimited
@@ -30,10 +30,22 @@ class RateLimiter:
         self.engine = engine
         self._insert = pg_insert if engine.dialect.name == "postgresql" else sqlite_insert
 
-    async def admit(self, principal: Principal, tokens: int) -> int | None:
-        """Count this request; 429 if it would pass the key's rpm or tpm. Returns the window used."""
+    async def admit(
+        self, principal: Principal, tokens: int, conn: AsyncConnection | None = None
+    ) -> int | None:
+        """Count this request; 429 if it would pass the key's rpm or tpm. Returns the window used.
+
+        Given `conn`, it counts inside the caller's transaction (the ledger's reservation), and a
+        refusal rolls that transaction back: refused requests do not count against the window.
+        """
         if principal.rpm is None and principal.tpm is None:
             return None
+        if conn is None:
+            async with self.engine.begin() as own:
+                return await self._admit(own, principal, tokens)
+        return await self._admit(conn, principal, tokens)
+
+    async def _admit(self, conn: AsyncConnection, principal: Principal, tokens: int) -> int:
         now = time.time()
         window = current_window(now)
         values = self._insert(rate_windows).values(
@@ -43,41 +55,42 @@ class RateLimiter:
             index_elements=["key_id", "window"],
             set_={"requests": rate_windows.c.requests + 1, "tokens": rate_windows.c.tokens + tokens},
         ).returning(rate_windows.c.requests, rate_windows.c.tokens)
-        async with self.engine.begin() as conn:
-            requests, used_tokens = (await conn.execute(statement)).one()
-            over_requests = principal.rpm is not None and requests > principal.rpm
-            over_tokens = principal.tpm is not None and used_tokens > principal.tpm
-            if over_requests or over_tokens:
-                # Refused requests do not count against the window.
-                await conn.execute(
-                    update(rate_windows)
-                    .where(rate_windows.c.key_id == principal.key_id, rate_windows.c.window == window)
-                    .values(requests=rate_windows.c.requests - 1, tokens=rate_windows.c.tokens - tokens)
-                )
-        if over_requests or over_tokens:
-            retry_after = int((window + 1) * WINDOW_S - now) + 1
-            if over_requests:
-                message = f"Rate limit reached: {principal.rpm} requests per minute for this key."
-            else:
-                message = (
-                    f"Rate limit reached: {principal.tpm} tokens per minute for this key (this request "
-                    f"counts up to {tokens} tokens: prompt plus max_completion_tokens)."
-                )
-            raise RateLimited(message, retry_after_s=retry_after)
-        return window
+        requests, used_tokens = (await conn.execute(statement)).one()
+        over_requests = principal.rpm is not None and requests > principal.rpm
+        over_tokens = principal.tpm is not None and used_tokens > principal.tpm
+        if not (over_requests or over_tokens):
+            return window
+        retry_after = int((window + 1) * WINDOW_S - now) + 1
+        if over_requests:
+            message = f"Rate limit reached: {principal.rpm} requests per minute for this key."
+        else:
+            message = (
+                f"Rate limit reached: {principal.tpm} tokens per minute for this key (this request "
+                f"counts up to {tokens} tokens: prompt plus max_completion_tokens)."
+            )
+        raise RateLimited(message, retry_after_s=retry_after)  # rolls the transaction back
 
     async def correct(
-        self, principal: Principal, window: int | None, reserved_tokens: int, used_tokens: int
+        self,
+        principal: Principal,
+        window: int | None,
+        reserved_tokens: int,
+        used_tokens: int,
+        conn: AsyncConnection | None = None,
     ) -> None:
         """Replace the worst-case token count admitted with what the request really used."""
         if window is None or principal.tpm is None or reserved_tokens == used_tokens:
             return
-        async with self.engine.begin() as conn:
-            await conn.execute(
-                update(rate_windows)
-                .where(rate_windows.c.key_id == principal.key_id, rate_windows.c.window == window)
-                .values(tokens=rate_windows.c.tokens - reserved_tokens + used_tokens)
-            )
+        statement = (
+            update(rate_windows)
+            .where(rate_windows.c.key_id == principal.key_id, rate_windows.c.window == window)
+            .values(tokens=rate_windows.c.tokens - reserved_tokens + used_tokens)
+        )
+        if conn is not None:
+            await conn.execute(statement)
+            return
+        async with self.engine.begin() as own:
+            await own.execute(statement)
 
     async def usage(self, key_id: str) -> tuple[int, int]:
         async with self.engine.connect() as conn:

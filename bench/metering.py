@@ -1,0 +1,200 @@
+"""What the ledger costs: the same load through Thinkgate with metering on and off.
+
+    python -m bench.metering                      # 64 streams, 3 rounds of 8 s each way
+    python -m bench.metering --concurrency 64 --duration 5 --rounds 2 --tokens 64
+
+Upstream is the fast fake engine (`bench.fake_engine`), so the gateway's own work dominates. Both
+gateways authenticate with a real API key that has a budget, rpm and tpm, so "on" exercises every
+metering step of a request: rate-limit upsert, reservation + open record, checkpoints, settlement
+and the rate-window correction. "Off" is the same gateway started with `--no-metering`. Rounds
+alternate off/on to spread out the noise of a shared machine; each side's median is reported.
+Results: a Markdown table on stdout and JSON in artifacts/bench/metering.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from bench.run import ROOT, Server, _spawn, free_port, start_fake_engine, wait_ready
+
+MODEL = "fake-reasoner"
+
+
+def start_gateway(
+    workdir: Path, upstream: str, metering: bool, database_url: str | None
+) -> tuple[Server, str]:
+    """A Thinkgate process on a fresh SQLite ledger (or the given database), and a limited key's secret."""
+    database = database_url or f"sqlite:///{workdir / ('on' if metering else 'off')}.db"
+    created = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "app.cli",
+            "--database-url",
+            database,
+            "keys",
+            "create",
+            "--name",
+            "bench",
+            "--budget",
+            "1000000",
+            "--rpm",
+            "10000000",
+            "--tpm",
+            "2000000000",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    secret = created.stdout.strip().splitlines()[-1]
+    port = free_port()
+    command = [
+        sys.executable,
+        "-m",
+        "app.cli",
+        "serve",
+        "--port",
+        str(port),
+        "--upstream",
+        upstream,
+        "--database-url",
+        database,
+    ]
+    if not metering:
+        command.append("--no-metering")
+    server = _spawn(f"thinkgate-{'on' if metering else 'off'}", command, workdir)
+    server.url = f"http://127.0.0.1:{port}"
+    wait_ready(f"{server.url}/ready", server.process, 120, server.log)
+    return server, secret
+
+
+def load(
+    url: str, key: str, concurrency: int, duration: float, warmup: float, max_tokens: int
+) -> dict[str, Any]:
+    command = [
+        sys.executable,
+        "-m",
+        "bench.loadgen",
+        "--url",
+        url,
+        "--model",
+        MODEL,
+        "--api-key",
+        key,
+        "--concurrency",
+        str(concurrency),
+        "--duration",
+        str(duration),
+        "--warmup",
+        str(warmup),
+        "--max-tokens",
+        str(max_tokens),
+    ]
+    result = subprocess.run(
+        command, cwd=ROOT, capture_output=True, text=True, timeout=duration + warmup + 600
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"load generator failed: {result.stderr[-2000:]}")
+    measured: dict[str, Any] = json.loads(result.stdout)
+    if measured["errors"]:
+        raise RuntimeError(f"{measured['errors']} failed requests, first: {measured['first_error']}")
+    return measured
+
+
+def summarise(runs: list[dict[str, Any]]) -> dict[str, float]:
+    return {
+        name: statistics.median(run[name] for run in runs)
+        for name in ("requests_per_s", "chunks_per_s", "ttft_p50_ms", "ttft_p99_ms")
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--duration", type=float, default=8.0, help="measured seconds per round")
+    parser.add_argument("--warmup", type=float, default=2.0)
+    parser.add_argument("--rounds", type=int, default=3, help="off/on pairs")
+    parser.add_argument("--tokens", type=int, default=64, help="generated tokens per stream")
+    parser.add_argument("--database-url", help="e.g. postgresql://user@host/db (default: a SQLite file each)")
+    parser.add_argument("--out", type=Path, default=ROOT / "artifacts" / "bench" / "metering.json")
+    args = parser.parse_args(argv)
+
+    workdir = Path(tempfile.mkdtemp(prefix="thinkgate-bench-metering-"))
+    engine = start_fake_engine(workdir, args.tokens)
+    gateways: dict[str, tuple[Server, str]] = {}
+    runs: dict[str, list[dict[str, Any]]] = {"off": [], "on": []}
+    try:
+        gateways = {
+            side: start_gateway(workdir, engine.url, side == "on", args.database_url)
+            for side in ("off", "on")
+        }
+        for round_ in range(args.rounds):
+            for side in ("off", "on"):
+                server, key = gateways[side]
+                result = load(server.url, key, args.concurrency, args.duration, args.warmup, args.tokens)
+                runs[side].append(result)
+                print(
+                    f"[bench] round {round_ + 1} metering {side}: {result['requests_per_s']:.1f} req/s, "
+                    f"TTFT p50 {result['ttft_p50_ms']:.2f} ms",
+                    file=sys.stderr,
+                    flush=True,
+                )
+    finally:
+        for server, _ in gateways.values():
+            server.stop()
+        engine.stop()
+
+    off, on = summarise(runs["off"]), summarise(runs["on"])
+    report = {
+        "concurrency": args.concurrency,
+        "tokens_per_stream": args.tokens,
+        "rounds": args.rounds,
+        "duration_s": args.duration,
+        "database": "sqlite" if not args.database_url else args.database_url.split(":", 1)[0],
+        "off": off,
+        "on": on,
+        "throughput_ratio_on_off": on["requests_per_s"] / off["requests_per_s"],
+        "added_ttft_p50_ms": on["ttft_p50_ms"] - off["ttft_p50_ms"],
+        # Little's law at fixed concurrency: mean time a request spends in the system.
+        "added_mean_latency_ms": (
+            args.concurrency / on["requests_per_s"] - args.concurrency / off["requests_per_s"]
+        )
+        * 1000,
+        "runs": runs,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2))
+    print(
+        f"Metering on vs off ({report['database']}): {args.concurrency} concurrent streams of {args.tokens} "
+        f"tokens, fake engine, median of {args.rounds} rounds of {args.duration:g} s\n"
+    )
+    print("| metering | requests/s | chunks/s | TTFT p50 ms | TTFT p99 ms |")
+    print("|---|---:|---:|---:|---:|")
+    for side, values in (("off", off), ("on", on)):
+        print(
+            f"| {side} | {values['requests_per_s']:.1f} | {values['chunks_per_s']:.0f} | "
+            f"{values['ttft_p50_ms']:.2f} | {values['ttft_p99_ms']:.2f} |"
+        )
+    print(
+        f"\nthroughput on/off: {report['throughput_ratio_on_off']:.3f} "
+        f"({(1 - report['throughput_ratio_on_off']) * 100:+.1f}% loss)"
+    )
+    print(
+        f"added median TTFT: {report['added_ttft_p50_ms']:+.2f} ms; "
+        f"added mean request latency: {report['added_mean_latency_ms']:+.2f} ms"
+    )
+    print(f"\nJSON: {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,232 @@
+"""A gateway killed mid-stream, and clients that retry: nothing lost, nothing counted twice.
+
+Against the real engine: SIGKILL leaves reservations open; the restarted instance (same instance
+id) closes them as `interrupted`, billing the tokens checkpointed while they ran and releasing the
+rest. A retried request with the same Idempotency-Key gets the stored answer and is not billed again.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+from support import GatewayProcess, free_port, query_db, start_gateway
+
+pytestmark = pytest.mark.engine
+
+MODEL = "thinkgate-arith"
+LONG_STREAM = {
+    "model": MODEL,
+    "stream": True,
+    "max_tokens": 900,
+    "ignore_eos": True,
+    "reasoning_mode": "long",
+    "stream_options": {"include_usage": True, "continuous_usage_stats": True},
+}
+
+
+def expected_cost(record: dict[str, Any]) -> int:
+    from app.config import REPO_ROOT
+    from app.metering.prices import TokenCounts, cost_micros
+    from app.profiles import ProfileRegistry
+
+    prices = ProfileRegistry.from_dir(REPO_ROOT / "models" / "profiles").for_model(record["model"]).prices
+    counts = TokenCounts(
+        prompt=record["prompt_tokens"],
+        image=record["image_tokens"],
+        cached=record["cached_tokens"],
+        reasoning=record["reasoning_tokens"],
+        answer=record["answer_tokens"],
+    )
+    return cost_micros(prices[record["mode"]], counts)
+
+
+def read_stream(
+    base_url: str, key: str, body: dict[str, Any], stop: threading.Event, seen: list[str]
+) -> None:
+    """Stream until the gateway dies (or `stop`); the request id goes into `seen`."""
+    headers = {"Authorization": f"Bearer {key}"}
+    try:
+        with (
+            httpx.Client(base_url=base_url, headers=headers, timeout=120) as client,
+            client.stream("POST", "/v1/chat/completions", json=body) as response,
+        ):
+            seen.append(response.headers["x-request-id"])
+            for _ in response.iter_lines():
+                if stop.is_set():
+                    return
+    except httpx.HTTPError:
+        return  # the gateway was killed under us
+
+
+def test_killed_gateway_requests_are_reconciled_on_restart(engine: Any, tmp_path: Path) -> None:
+    port = free_port()
+    args = ("--instance-id", "gateway-under-test")
+    workdir = tmp_path / "gw"
+    with start_gateway(workdir, upstreams=[engine.url], port=port, args=args) as gateway:
+        database = gateway.database_url
+        key = gateway.create_key("crash", "--budget", "1")
+        key_id = query_db(database, "SELECT id FROM api_keys WHERE name = 'crash'")[0]["id"]
+        stop, seen = threading.Event(), []
+        readers = [
+            threading.Thread(
+                target=read_stream,
+                args=(
+                    gateway.base_url,
+                    key,
+                    {**LONG_STREAM, "messages": [{"role": "user", "content": f"What is {n} * 12345?"}]},
+                    stop,
+                    seen,
+                ),
+            )
+            for n in (3, 4, 5)
+        ]
+        for reader in readers:
+            reader.start()
+        # Three streams share the engine, so each runs for a while; kill once one of them is past its
+        # first checkpoint (every 2 s), so the ledger holds counts of a running stream.
+        deadline = time.monotonic() + 60
+        while True:
+            rows = query_db(database, "SELECT * FROM usage_records WHERE key_id = :k", k=key_id)
+            if any(r["status"] == "open" and r["completion_tokens"] > 0 for r in rows):
+                break
+            assert time.monotonic() < deadline, rows
+            time.sleep(0.2)
+        gateway.kill()  # SIGKILL: no chance to settle anything
+        stop.set()
+        for reader in readers:
+            reader.join(timeout=30)
+    key_row = query_db(database, "SELECT * FROM api_keys WHERE id = :k", k=key_id)[0]
+    at_kill = query_db(database, "SELECT * FROM usage_records WHERE key_id = :k", k=key_id)
+    left_open = [r for r in at_kill if r["status"] == "open"]
+    finished = [r for r in at_kill if r["status"] != "open"]
+    assert left_open and any(r["completion_tokens"] > 0 for r in left_open)
+    assert key_row["reserved_micros"] == sum(r["reserved_micros"] for r in left_open)
+    assert key_row["spent_micros"] == sum(r["cost_micros"] for r in finished)
+
+    with start_gateway(
+        workdir, upstreams=[engine.url], port=port, args=args, database_url=database
+    ) as restarted:
+        records = query_db(database, "SELECT * FROM usage_records WHERE key_id = :k", k=key_id)
+        key_row = query_db(database, "SELECT * FROM api_keys WHERE id = :k", k=key_id)[0]
+        assert f"reconciled {len(left_open)} request(s)" in restarted.log()
+    assert sorted(r["id"] for r in records) == sorted(seen)
+    before = {r["id"]: r for r in left_open}
+    assert sorted(r["id"] for r in records if r["status"] == "interrupted") == sorted(before)
+    for record in (r for r in records if r["id"] in before):
+        # Billed exactly the checkpointed tokens, no more, no less; the rest of the hold released.
+        assert record["completion_tokens"] == before[record["id"]]["completion_tokens"]
+        assert record["cost_micros"] == expected_cost(record)
+        assert record["settled_at"] is not None
+    assert key_row["reserved_micros"] == 0
+    assert key_row["spent_micros"] == sum(r["cost_micros"] for r in records)
+
+
+# -- idempotency ------------------------------------------------------------------------------------
+
+
+def record_count(gateway: GatewayProcess, key_id: str) -> int:
+    rows = query_db(
+        gateway.database_url, "SELECT COUNT(*) AS n FROM usage_records WHERE key_id = :k", k=key_id
+    )
+    return int(rows[0]["n"])
+
+
+def key_of(gateway: GatewayProcess, name: str) -> tuple[str, str]:
+    secret = gateway.create_key(name)
+    return secret, str(
+        query_db(gateway.database_url, "SELECT id FROM api_keys WHERE name = :n", n=name)[0]["id"]
+    )
+
+
+def spent(gateway: GatewayProcess, key_id: str) -> int:
+    return int(
+        query_db(gateway.database_url, "SELECT spent_micros FROM api_keys WHERE id = :k", k=key_id)[0][
+            "spent_micros"
+        ]
+    )
+
+
+def sse_events(text: str) -> list[dict[str, Any]]:
+    return [orjson.loads(line[6:]) for line in text.splitlines() if line.startswith("data: {")]
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
+def test_retry_with_the_same_idempotency_key_is_not_billed_twice(
+    gateway: GatewayProcess, stream: bool
+) -> None:
+    secret, key_id = key_of(gateway, f"retrier-{stream}")
+    body = (
+        {
+            "model": MODEL,
+            "max_tokens": 24,
+            "stream": stream,
+            "stream_options": {"include_usage": True},
+            "messages": [{"role": "user", "content": "What is 12 + 30?"}],
+        }
+        if stream
+        else {"model": MODEL, "max_tokens": 24, "messages": [{"role": "user", "content": "What is 12 + 30?"}]}
+    )
+    headers = {"Authorization": f"Bearer {secret}", "Idempotency-Key": f"order-42-{stream}"}
+    with httpx.Client(base_url=gateway.base_url, headers=headers, timeout=120) as client:
+        first = client.post("/v1/chat/completions", json=body)
+        assert first.status_code == 200 and "idempotent-replayed" not in first.headers
+        billed = spent(gateway, key_id)
+        assert billed > 0
+        retries = [client.post("/v1/chat/completions", json=body) for _ in range(2)]
+        other_key = client.post("/v1/chat/completions", json=body, headers={"Idempotency-Key": "another"})
+    for retry in retries:
+        assert retry.status_code == 200 and retry.headers["idempotent-replayed"] == "true"
+    if stream:
+        original, replayed = sse_events(first.text), sse_events(retries[0].text)
+        assert original[-1]["usage"] == replayed[-1]["usage"]
+        assert {e["id"] for e in original} == {e["id"] for e in replayed}
+
+        def text(events: list[dict[str, Any]], field: str) -> str:
+            return "".join(c["delta"].get(field) or "" for e in events for c in e["choices"])
+
+        assert text(original, "content") == text(replayed, "content")
+        assert text(original, "reasoning_content") == text(replayed, "reasoning_content")
+    else:
+        assert retries[0].json() == first.json()
+    # The retries cost nothing and left no record; a different Idempotency-Key is a new request.
+    assert other_key.status_code == 200 and "idempotent-replayed" not in other_key.headers
+    assert record_count(gateway, key_id) == 2
+    usage = sse_events(other_key.text)[-1]["usage"] if stream else other_key.json()["usage"]
+    assert spent(gateway, key_id) == billed + round(usage["cost"] * 1e6)
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
+def test_idempotency_key_still_running_is_409(gateway: GatewayProcess, stream: bool) -> None:
+    secret, key_id = key_of(gateway, f"impatient-{stream}")
+    headers = {"Authorization": f"Bearer {secret}", "Idempotency-Key": f"slow-{stream}"}
+    body = {**LONG_STREAM, "messages": [{"role": "user", "content": "What is 777 * 777?"}]}
+    with (
+        httpx.Client(base_url=gateway.base_url, headers=headers, timeout=120) as client,
+        client.stream("POST", "/v1/chat/completions", json=body) as running,
+    ):
+        lines = running.iter_lines()  # kept referenced: a collected iterator closes the stream
+        next(lines)
+        again = client.post("/v1/chat/completions", json={**body, "stream": stream})
+    assert again.status_code == 409
+    assert again.json()["error"]["code"] == "idempotency_key_in_use"
+    assert again.json()["error"]["param"] == "Idempotency-Key"
+    deadline = time.monotonic() + 60
+    while True:
+        statuses = sorted(
+            r["status"]
+            for r in query_db(
+                gateway.database_url, "SELECT status FROM usage_records WHERE key_id = :k", k=key_id
+            )
+        )
+        if "open" not in statuses:
+            break
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    # The cut-off original and the refused retry: one record each.
+    assert statuses == ["aborted", "rejected"]
