@@ -6,8 +6,8 @@ import contextlib
 import os
 import re
 import signal
-import sqlite3
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -70,7 +70,9 @@ class GatewayProcess:
         self.process.wait(timeout=30)
 
 
-def usage_records(database_url: str, where: str = "1 = 1", params: tuple[object, ...] = ()) -> list[sqlite3.Row]:
+def usage_records(
+    database_url: str, where: str = "1 = 1", params: tuple[object, ...] = ()
+) -> list[sqlite3.Row]:
     """Rows of a SQLite gateway's usage ledger, read straight from the database file."""
     path = re.sub(r"^sqlite(\+aiosqlite)?:///", "", database_url)
     with sqlite3.connect(path) as db:

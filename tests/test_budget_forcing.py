@@ -8,7 +8,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 from conftest import Engine
 from support import start_gateway
 
@@ -32,13 +31,17 @@ def test_gateway_forces_the_end_of_thinking(engine: Engine, tmp_path: Path, stre
             "messages": [{"role": "user", "content": "What is 987654 + 123456?"}],
         }  # fmt: skip
         headers = {"Authorization": f"Bearer {key}"}
-        response = httpx.post(f"{gateway.base_url}/v1/chat/completions", json=body, headers=headers, timeout=300)
+        response = httpx.post(
+            f"{gateway.base_url}/v1/chat/completions", json=body, headers=headers, timeout=300
+        )
         assert response.status_code == 200, response.text
         if stream:
             events = [line[6:] for line in response.text.splitlines() if line.startswith("data: {")]
             chunks = [httpx.Response(200, content=event).json() for event in events]
             usage = chunks[-1]["usage"]
-            reasoning = "".join(c["choices"][0]["delta"].get("reasoning_content", "") for c in chunks if c["choices"])
+            reasoning = "".join(
+                c["choices"][0]["delta"].get("reasoning_content", "") for c in chunks if c["choices"]
+            )
             content = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
         else:
             data = response.json()
@@ -49,5 +52,7 @@ def test_gateway_forces_the_end_of_thinking(engine: Engine, tmp_path: Path, stre
     assert 15 <= reasoning_tokens <= 16, usage
     assert reasoning and "</think>" not in reasoning
     assert content, "the answer must still arrive after the forced end of thinking"
-    assert usage["completion_tokens"] == reasoning_tokens + usage["completion_tokens_details"]["answer_tokens"]
+    assert (
+        usage["completion_tokens"] == reasoning_tokens + usage["completion_tokens_details"]["answer_tokens"]
+    )
     assert usage["completion_tokens"] <= 300

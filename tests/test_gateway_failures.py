@@ -12,12 +12,15 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 from conftest import Engine
 from support import GatewayProcess, free_port, start_gateway, usage_records
 
 ROOT = Path(__file__).resolve().parents[1]
-BODY = {"model": "thinkgate-arith", "messages": [{"role": "user", "content": "What is 1 + 2?"}], "max_tokens": 5}
+BODY = {
+    "model": "thinkgate-arith",
+    "messages": [{"role": "user", "content": "What is 1 + 2?"}],
+    "max_tokens": 5,
+}
 
 
 class CuttingProxy:
@@ -30,7 +33,9 @@ class CuttingProxy:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
 
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, limit: int | None) -> None:
+    async def _pipe(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, limit: int | None
+    ) -> None:
         sent = 0
         with contextlib.suppress(OSError):
             while data := await reader.read(4096):
@@ -45,12 +50,15 @@ class CuttingProxy:
     async def _handle(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
         engine_reader, engine_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
         await asyncio.gather(
-            self._pipe(client_reader, engine_writer, None), self._pipe(engine_reader, client_writer, self.cut_after)
+            self._pipe(client_reader, engine_writer, None),
+            self._pipe(engine_reader, client_writer, self.cut_after),
         )
 
     def __enter__(self) -> CuttingProxy:
         self.thread.start()
-        asyncio.run_coroutine_threadsafe(asyncio.start_server(self._handle, "127.0.0.1", self.port), self.loop).result()
+        asyncio.run_coroutine_threadsafe(
+            asyncio.start_server(self._handle, "127.0.0.1", self.port), self.loop
+        ).result()
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -70,7 +78,9 @@ def test_no_engine_means_503_with_retry_after(dead_upstream_gateway: GatewayProc
     assert ready.status_code == 503 and ready.headers["retry-after"]
     assert ready.json()["replicas"][0]["healthy"] is False
     response = httpx.post(
-        f"{gateway.base_url}/v1/chat/completions", json=BODY, headers={"Authorization": f"Bearer {gateway.api_key}"}
+        f"{gateway.base_url}/v1/chat/completions",
+        json=BODY,
+        headers={"Authorization": f"Bearer {gateway.api_key}"},
     )
     assert response.status_code == 503, response.text
     assert response.headers["retry-after"]

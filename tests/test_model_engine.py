@@ -1,0 +1,67 @@
+"""Smoke evaluation of the bundled model through the product: the gateway in front of the real vLLM
+engine, held-out problems asked over the OpenAI API in both reasoning modes, text and image.
+
+Thresholds sit a little under the model card's targets (long >= 95% hard text, >= 85% hard image;
+short >= 95% easy; long beats short on hard by >= 20 points), with 60 problems in all."""
+
+from __future__ import annotations
+
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `training` is not an installed package
+
+from training.evaluate import GATEWAY_SEED, Answer, ask
+from training.inproc_eval import held_out
+from training.problems import OOD_REPLY
+
+pytestmark = pytest.mark.engine
+
+CELLS: dict[tuple[str, str, str], int] = {
+    ("long", "text", "hard"): 20,
+    ("long", "image", "hard"): 10,
+    ("short", "text", "easy"): 20,
+    ("short", "text", "hard"): 10,
+}
+MIN_PASS = {("long", "text", "hard"): 0.85, ("long", "image", "hard"): 0.7, ("short", "text", "easy"): 0.85}
+MIN_LONG_OVER_SHORT = 0.15
+
+
+def _run(client: httpx.Client) -> dict[tuple[str, str, str], list[Answer]]:
+    results = {}
+    with ThreadPoolExecutor(6) as pool:
+        for cell, n in CELLS.items():
+            exs = held_out(cell, n, GATEWAY_SEED)
+            results[cell] = list(pool.map(lambda ex, mode=cell[0]: ask(client, ex, mode), exs))
+    return results
+
+
+def test_smoke_evaluation_meets_the_thresholds(client: httpx.Client) -> None:
+    results = _run(client)
+    assert sum(len(a) for a in results.values()) == 60
+    errors = [a.error for answers in results.values() for a in answers if a.error]
+    assert not errors, errors[:3]
+    rate = {cell: sum(a.correct for a in answers) / len(answers) for cell, answers in results.items()}
+    report = ", ".join(f"{'/'.join(c)}={r:.0%}" for c, r in rate.items())
+    for cell, minimum in MIN_PASS.items():
+        assert rate[cell] >= minimum, f"{'/'.join(cell)} below {minimum:.0%}: {report}"
+    long_hard, short_hard = rate[("long", "text", "hard")], rate[("short", "text", "hard")]
+    assert long_hard - short_hard >= MIN_LONG_OVER_SHORT, report
+    # Long mode reasons, short mode does not.
+    assert all(a.reasoning_tokens > 0 for a in results[("long", "text", "hard")])
+    assert all(a.reasoning_tokens == 0 for a in results[("short", "text", "easy")])
+
+
+@pytest.mark.parametrize("mode", ["long", "short"])
+def test_out_of_domain_prompts_get_the_fixed_reply(client: httpx.Client, mode: str) -> None:
+    body = {"model": "thinkgate-arith", "messages": [{"role": "user", "content": "Hello! Who are you?"}],
+            "reasoning_mode": mode, "max_tokens": 200, "temperature": 0}  # fmt: skip
+    r = client.post("/v1/chat/completions", json=body)
+    assert r.status_code == 200, r.text
+    content = r.json()["choices"][0]["message"]["content"] or ""
+    assert "arithmetic" in content
+    assert content.strip().startswith(OOD_REPLY[:40])  # the fixed-style reply, not free text
