@@ -1,8 +1,8 @@
 """``make model``: rebuild the bundled model from nothing (data, tokenizer, training, checkpoint files).
 
-    python -m training.build                 # full build into models/thinkgate-arith (~60 min on 2 cores)
-    python -m training.build --quick         # pipeline check in a few minutes, into a temp folder
-    python -m training.build --placeholder   # final files with untrained weights (for wiring tests)
+python -m training.build                 # full build into models/thinkgate-arith (~60 min on 2 cores)
+python -m training.build --quick         # pipeline check in a few minutes, into a temp folder
+python -m training.build --placeholder   # final files with untrained weights (for wiring tests)
 """
 
 from __future__ import annotations
@@ -10,23 +10,24 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import shutil
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-
-from training import checksums
-from training import examples as E
-from training import modelcfg as mc
-from training import tokenizer as tk
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerFast
 
 REPO = Path(__file__).resolve().parent.parent
 SHIPPED = REPO / "models" / "thinkgate-arith"
 
 
-def build_tokenizer(seed: int):  # noqa: ANN201 - PreTrainedTokenizerFast
+def build_tokenizer(seed: int) -> PreTrainedTokenizerFast:
+    from training import examples as E
+    from training import tokenizer as tk
+
     corpus = E.corpus(random.Random(seed), 6000)
     return tk.wrap(tk.train_tokenizer(corpus))
 
@@ -39,15 +40,33 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--minutes", type=float, default=None, help="training time budget")
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument(
+        "--resume",
+        type=Path,
+        default=None,
+        help="continue training from this checkpoint (a second stage of the time budget)",
+    )
+    ap.add_argument("--lr", type=float, default=None, help="peak learning rate")
     args = ap.parse_args(argv)
 
-    torch.set_num_threads(args.threads)
-    out: Path = args.out or (Path(tempfile.mkdtemp(prefix="thinkgate-arith-quick-")) if args.quick else SHIPPED)
+    out: Path = args.out or (
+        Path(tempfile.mkdtemp(prefix="thinkgate-arith-quick-")) if args.quick else SHIPPED
+    )
     if args.quick and out.resolve() == SHIPPED.resolve():
         print("--quick never writes the shipped model; choose another --out", file=sys.stderr)
         return 2
+    # Heavy imports only once the arguments are known to be fine.
+    import torch
+
+    from training import checksums
+    from training import modelcfg as mc
+
+    torch.set_num_threads(args.threads)
+    final_out, out = out, out.with_name(out.name + ".partial")
+    # Build into a staging folder and swap at the end: engines may be reading the current checkpoint.
+    shutil.rmtree(out, ignore_errors=True)
     t0 = time.monotonic()
-    print(f"[build] output: {out}", flush=True)
+    print(f"[build] output: {final_out} (staged in {out})", flush=True)
     tok = build_tokenizer(args.seed)
     size = mc.Size()
     cfg = mc.build_config(tok, size)
@@ -57,28 +76,53 @@ def main(argv: list[str] | None = None) -> int:
     from training import train as tr
 
     model = tr.new_model(cfg, args.seed)
+    if args.resume is not None:
+        from transformers import Idefics3ForConditionalGeneration
+
+        # Weights only (bf16 on disk, trained on in fp32); optimizer state starts fresh.
+        previous = Idefics3ForConditionalGeneration.from_pretrained(str(args.resume), dtype=torch.float32)
+        model.load_state_dict(previous.state_dict())
+        print(f"[build] resumed weights from {args.resume}", flush=True)
     n_params = sum(p.numel() for p in model.parameters())
     print(f"[build] model: {n_params / 1e6:.2f}M parameters", flush=True)
-    report: dict[str, object] = {"parameters": n_params, "seed": args.seed}
+    report: dict[str, object] = {
+        "parameters": n_params,
+        "seed": args.seed,
+        "resumed_from": str(args.resume) if args.resume else None,
+    }
     if not args.placeholder:
         from training import inproc_eval
 
-        minutes = args.minutes if args.minutes is not None else (1.5 if args.quick else 55.0)
-        settings = tr.TrainSettings(minutes=minutes, seed=args.seed,
-                                    eval_every_s=max(minutes * 60 / 6, 60) if not args.quick else minutes * 30)
-        n_probe = 8 if args.quick else 20
+        minutes = args.minutes if args.minutes is not None else (1.5 if args.quick else 50.0)
+        settings = tr.TrainSettings(
+            minutes=minutes,
+            seed=args.seed + (1 if args.resume is not None else 0),  # a resumed stage sees new problems
+            lr=args.lr if args.lr is not None else tr.TrainSettings.lr,
+            eval_every_s=max(minutes * 60 / 4, 60) if not args.quick else minutes * 30,
+        )
+        n_probe = 4 if args.quick else 12
+        # --quick checks the pipeline, not the model: short generations keep it within minutes.
+        max_new = 48 if args.quick else 500
 
         def on_eval(step: int, elapsed: float) -> None:
-            table = inproc_eval.evaluate(model, tok, n=n_probe, seed=7, cells=inproc_eval.PROBE_CELLS)
-            print(f"[eval] step {step} at {elapsed / 60:.1f} min: {inproc_eval.brief(table)}", flush=True)
             tr.save_weights(model, out)  # a usable checkpoint exists even if time runs out later
+            try:
+                table = inproc_eval.evaluate(
+                    model, tok, n=n_probe, seed=7, cells=inproc_eval.PROBE_CELLS, max_new=max_new
+                )
+                print(f"[eval] step {step} at {elapsed / 60:.1f} min: {inproc_eval.brief(table)}", flush=True)
+            except Exception as exc:  # a probe must never end a long training run
+                print(f"[eval] probe failed: {exc!r}", flush=True)
 
         stats = tr.train(model, tok, settings, on_eval=on_eval, exclude=inproc_eval.eval_problems())
-        print(f"[build] trained {stats['steps']:.0f} steps in {stats['seconds'] / 60:.1f} min, "
-              f"loss {stats['loss']:.3f}", flush=True)
+        print(
+            f"[build] trained {stats['steps']:.0f} steps in {stats['seconds'] / 60:.1f} min, "
+            f"loss {stats['loss']:.3f}",
+            flush=True,
+        )
         report["train"] = stats
         tr.save_weights(model, out)
-        final = inproc_eval.evaluate(model, tok, n=8 if args.quick else 100, seed=99)
+        final = inproc_eval.evaluate(model, tok, n=2 if args.quick else 40, seed=99, max_new=max_new)
         print(inproc_eval.format_table(final), flush=True)
         report["eval_inprocess"] = final
     else:
@@ -86,8 +130,20 @@ def main(argv: list[str] | None = None) -> int:
     mc.save_side_files(out, tok, cfg)  # save_pretrained rewrote config.json; restore the exact one
     (out / "build_report.json").write_text(json.dumps(report, indent=2) + "\n")
     checksums.write_sums(out)
-    size_mb = (out / "model.safetensors").stat().st_size / 1e6
-    print(f"[build] done in {(time.monotonic() - t0) / 60:.1f} min; weights {size_mb:.1f} MB; {out}", flush=True)
+    card = final_out / "README.md"
+    if card.exists():
+        shutil.copy2(card, out / "README.md")  # the model card is written by hand; keep it
+    old = final_out.with_name(final_out.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if final_out.exists():
+        final_out.rename(old)
+    out.rename(final_out)
+    shutil.rmtree(old, ignore_errors=True)
+    size_mb = (final_out / "model.safetensors").stat().st_size / 1e6
+    print(
+        f"[build] done in {(time.monotonic() - t0) / 60:.1f} min; weights {size_mb:.1f} MB; {final_out}",
+        flush=True,
+    )
     return 0
 
 

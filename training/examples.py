@@ -31,10 +31,18 @@ class Example:
     slip_rate: float = 0.0
 
 
-def make_example(rng: random.Random, split: str = "train", *, image_rate: float = 0.3,
-                 long_rate: float = 0.5, ood_rate: float = 0.04, slip_rate: float = 0.1,
-                 short_easy_rate: float = 0.0, short_image_rate: float | None = None,
-                 exclude: frozenset[pb.Problem] = frozenset()) -> Example:
+def make_example(
+    rng: random.Random,
+    split: str = "train",
+    *,
+    image_rate: float = 0.3,
+    long_rate: float = 0.5,
+    ood_rate: float = 0.04,
+    slip_rate: float = 0.1,
+    short_easy_rate: float = 0.0,
+    short_image_rate: float | None = None,
+    exclude: frozenset[pb.Problem] = frozenset(),
+) -> Example:
     """One example. ``short_easy_rate``: share of short-mode problems drawn from the easy split (short
     answers are cheap to train on, and easy problems answered directly need many repetitions);
     ``short_image_rate``: image share for short mode (reading is learned in long mode, where the problem

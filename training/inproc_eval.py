@@ -16,9 +16,10 @@ from training import tokenizer as tk
 from training.train import make_pixel_fn
 
 Cell = tuple[str, str, str]  # (mode, kind, split)
-ALL_CELLS: list[Cell] = [(m, k, s) for m in ("long", "short") for k in ("text", "image") for s in ("easy", "hard")]
-PROBE_CELLS: list[Cell] = [("long", "text", "hard"), ("long", "image", "hard"), ("short", "text", "easy"),
-                           ("short", "text", "hard")]
+ALL_CELLS: list[Cell] = [
+    (m, k, s) for m in ("long", "short") for k in ("text", "image") for s in ("easy", "hard")
+]
+PROBE_CELLS: list[Cell] = [("long", "text", "hard"), ("long", "image", "hard"), ("short", "text", "easy")]
 
 
 @dataclass
@@ -36,8 +37,16 @@ class CellResult:
 def held_out(cell: Cell, n: int, seed: int) -> list[E.Example]:
     mode, kind, split = cell
     rng = random.Random(f"{seed}-{mode}-{kind}-{split}")
-    return [E.make_example(rng, split, image_rate=1.0 if kind == "image" else 0.0,
-                           long_rate=1.0 if mode == "long" else 0.0, ood_rate=0.0) for _ in range(n)]
+    return [
+        E.make_example(
+            rng,
+            split,
+            image_rate=1.0 if kind == "image" else 0.0,
+            long_rate=1.0 if mode == "long" else 0.0,
+            ood_rate=0.0,
+        )
+        for _ in range(n)
+    ]
 
 
 EVAL_SEEDS = (7, 99, 2026)  # probes during training, the final in-process table, the gateway evaluation
@@ -61,8 +70,13 @@ def split_reply(text: str) -> tuple[str, str]:
 
 
 @torch.no_grad()
-def generate(model: Idefics3ForConditionalGeneration, tok: PreTrainedTokenizerFast, exs: list[E.Example],
-             max_new: int = 500, batch: int = 25) -> list[tuple[str, int]]:
+def generate(
+    model: Idefics3ForConditionalGeneration,
+    tok: PreTrainedTokenizerFast,
+    exs: list[E.Example],
+    max_new: int = 500,
+    batch: int = 25,
+) -> list[tuple[str, int]]:
     """Greedy replies (text without the prompt) and their reasoning-token counts."""
     pixel_fn = make_pixel_fn(tok)
     end_id = tok.convert_tokens_to_ids(tk.THINK_END)
@@ -78,9 +92,15 @@ def generate(model: Idefics3ForConditionalGeneration, tok: PreTrainedTokenizerFa
         if images:
             pixels = pixel_fn(images)
             kwargs["pixel_values"] = pixels.reshape(len(images), 1, *pixels.shape[-3:])
-        gen = model.generate(input_ids=ids, attention_mask=attn, max_new_tokens=max_new, do_sample=False,
-                             eos_token_id=tok.convert_tokens_to_ids(tk.IM_END), pad_token_id=tok.pad_token_id,
-                             **kwargs)
+        gen = model.generate(
+            input_ids=ids,
+            attention_mask=attn,
+            max_new_tokens=max_new,
+            do_sample=False,
+            eos_token_id=tok.convert_tokens_to_ids(tk.IM_END),
+            pad_token_id=tok.pad_token_id,
+            **kwargs,
+        )
         for row in gen[:, n:].tolist():
             ended = row.index(end_id) if end_id in row else None
             n_reason = ended if ended is not None else 0
@@ -88,15 +108,21 @@ def generate(model: Idefics3ForConditionalGeneration, tok: PreTrainedTokenizerFa
     return out
 
 
-def evaluate(model: Idefics3ForConditionalGeneration, tok: PreTrainedTokenizerFast, n: int, seed: int,
-             cells: list[Cell] | None = None) -> dict[str, dict[str, float]]:
+def evaluate(
+    model: Idefics3ForConditionalGeneration,
+    tok: PreTrainedTokenizerFast,
+    n: int,
+    seed: int,
+    cells: list[Cell] | None = None,
+    max_new: int = 500,
+) -> dict[str, dict[str, float]]:
     was_training = model.training
     model.eval()
     table: dict[str, dict[str, float]] = {}
     for cell in cells or ALL_CELLS:
         exs = held_out(cell, n, seed)
         t0 = time.monotonic()
-        replies = generate(model, tok, exs)
+        replies = generate(model, tok, exs, max_new=max_new)
         dt = time.monotonic() - t0
         correct = 0
         tokens = 0
@@ -106,8 +132,12 @@ def evaluate(model: Idefics3ForConditionalGeneration, tok: PreTrainedTokenizerFa
             correct += pb.final_integer(answer) == ex.problem.result
             tokens += n_reason
         r = CellResult(len(exs), correct, tokens / len(exs), dt / len(exs))
-        table["/".join(cell)] = {"n": r.n, "pass1": r.pass1, "reasoning_tokens": r.reasoning_tokens,
-                                 "seconds": r.seconds_per_answer}
+        table["/".join(cell)] = {
+            "n": r.n,
+            "pass1": r.pass1,
+            "reasoning_tokens": r.reasoning_tokens,
+            "seconds": r.seconds_per_answer,
+        }
     model.train(was_training)
     return table
 
@@ -117,10 +147,14 @@ def brief(table: dict[str, dict[str, float]]) -> str:
 
 
 def format_table(table: dict[str, dict[str, float]]) -> str:
-    lines = ["| mode | input | split | n | pass@1 | mean reasoning tokens | s/answer (batched) |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| mode | input | split | n | pass@1 | mean reasoning tokens | s/answer (batched) |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for key, v in table.items():
         mode, kind, split = key.split("/")
-        lines.append(f"| {mode} | {kind} | {split} | {v['n']:.0f} | {v['pass1']:.1%} | "
-                     f"{v['reasoning_tokens']:.0f} | {v['seconds']:.2f} |")
+        lines.append(
+            f"| {mode} | {kind} | {split} | {v['n']:.0f} | {v['pass1']:.1%} | "
+            f"{v['reasoning_tokens']:.0f} | {v['seconds']:.2f} |"
+        )
     return "\n".join(lines)

@@ -3,6 +3,7 @@ files (processor, generation config)."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 from transformers.models.idefics3.configuration_idefics3 import Idefics3VisionConfig
+
 # The PIL image processor: the default one needs torchvision, which is not installed here.
 from transformers.models.idefics3.image_processing_pil_idefics3 import Idefics3ImageProcessorPil
 
@@ -87,7 +89,10 @@ def build_processor(tok: PreTrainedTokenizerFast) -> Idefics3Processor:
         image_std=[0.5, 0.5, 0.5],
     )
     return Idefics3Processor(
-        image_processor=image_processor, tokenizer=tok, image_seq_len=IMAGE_SEQ_LEN, chat_template=tk.CHAT_TEMPLATE
+        image_processor=image_processor,
+        tokenizer=tok,
+        image_seq_len=IMAGE_SEQ_LEN,
+        chat_template=tk.CHAT_TEMPLATE,
     )
 
 
@@ -108,3 +113,10 @@ def save_side_files(out: Path, tok: PreTrainedTokenizerFast, cfg: Idefics3Config
     build_processor(tok).save_pretrained(str(out))
     cfg.save_pretrained(str(out))
     generation_config(tok).save_pretrained(str(out))
+    # transformers 5 no longer writes this file; older loaders and other tools still read it.
+    special = {
+        "eos_token": tk.IM_END,
+        "pad_token": tk.PAD,
+        "additional_special_tokens": [tk.IMAGE, tk.FAKE_IMAGE, tk.END_OF_UTTERANCE],
+    }
+    (out / "special_tokens_map.json").write_text(json.dumps(special, indent=2) + "\n")

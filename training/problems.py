@@ -103,12 +103,36 @@ def sample_problem(rng: random.Random, split: str = "train") -> Problem:
 # ---------------------------------------------------------------- prompts
 
 _TEMPLATES: dict[str, tuple[str, ...]] = {
-    "+": ("What is {a}{s}+{s}{b}?", "Compute {a}{s}+{s}{b}.", "{a}{s}+{s}{b}{s}={s}?", "{a} plus {b}",
-          "What is {a} plus {b}?", "{a}{s}+{s}{b}", "Calculate {a}{s}+{s}{b}", "{a}{s}+{s}{b}{s}="),
-    "-": ("What is {a}{s}-{s}{b}?", "Compute {a}{s}-{s}{b}.", "{a}{s}-{s}{b}{s}={s}?", "{a} minus {b}",
-          "What is {a} minus {b}?", "{a}{s}-{s}{b}", "Calculate {a}{s}-{s}{b}", "{a}{s}−{s}{b}"),
-    "*": ("What is {a}{s}*{s}{b}?", "Compute {a}{s}*{s}{b}.", "{a}{s}*{s}{b}{s}={s}?", "{a}{s}×{s}{b}",
-          "What is {a} times {b}?", "{a} times {b}", "What is {a}{s}×{s}{b}?", "{a}{s}x{s}{b}{s}={s}?"),
+    "+": (
+        "What is {a}{s}+{s}{b}?",
+        "Compute {a}{s}+{s}{b}.",
+        "{a}{s}+{s}{b}{s}={s}?",
+        "{a} plus {b}",
+        "What is {a} plus {b}?",
+        "{a}{s}+{s}{b}",
+        "Calculate {a}{s}+{s}{b}",
+        "{a}{s}+{s}{b}{s}=",
+    ),
+    "-": (
+        "What is {a}{s}-{s}{b}?",
+        "Compute {a}{s}-{s}{b}.",
+        "{a}{s}-{s}{b}{s}={s}?",
+        "{a} minus {b}",
+        "What is {a} minus {b}?",
+        "{a}{s}-{s}{b}",
+        "Calculate {a}{s}-{s}{b}",
+        "{a}{s}−{s}{b}",
+    ),
+    "*": (
+        "What is {a}{s}*{s}{b}?",
+        "Compute {a}{s}*{s}{b}.",
+        "{a}{s}*{s}{b}{s}={s}?",
+        "{a}{s}×{s}{b}",
+        "What is {a} times {b}?",
+        "{a} times {b}",
+        "What is {a}{s}×{s}{b}?",
+        "{a}{s}x{s}{b}{s}={s}?",
+    ),
 }
 
 
@@ -148,17 +172,68 @@ def parse_prompt(text: str) -> Problem | None:
 # ---------------------------------------------------------------- out of domain
 
 _OOD_PARTS = (
-    ("hi", "hello", "hey", "good morning", "thanks", "who are you", "what can you do", "help",
-     "tell me a joke", "what is the capital of france", "write a poem", "how are you",
-     "what is the weather today", "translate this to german", "explain quantum physics",
-     "what is love", "summarize this article", "who won the game", "what time is it",
-     "can you code", "what is your name", "recommend a book", "what is 2 apples plus a pear",
-     "is the earth round", "define entropy", "hello there", "what is a prime number",
-     "solve world hunger", "what is the square root of 2", "divide 10 by 2", "what is 7 / 3"),
+    (
+        "hi",
+        "hello",
+        "hey",
+        "good morning",
+        "thanks",
+        "who are you",
+        "what can you do",
+        "help",
+        "tell me a joke",
+        "what is the capital of france",
+        "write a poem",
+        "how are you",
+        "what is the weather today",
+        "translate this to german",
+        "explain quantum physics",
+        "what is love",
+        "summarize this article",
+        "who won the game",
+        "what time is it",
+        "can you code",
+        "what is your name",
+        "recommend a book",
+        "what is 2 apples plus a pear",
+        "is the earth round",
+        "define entropy",
+        "hello there",
+        "what is a prime number",
+        "solve world hunger",
+        "what is the square root of 2",
+        "divide 10 by 2",
+        "what is 7 / 3",
+    ),
     ("", "?", "!", ".", " please", " now"),
 )
-_WORDS = ("the", "cat", "sat", "on", "a", "mat", "why", "sky", "blue", "river", "music", "red", "code",
-          "python", "dog", "run", "fast", "green", "tree", "house", "car", "money", "time", "day", "night")
+_WORDS = (
+    "the",
+    "cat",
+    "sat",
+    "on",
+    "a",
+    "mat",
+    "why",
+    "sky",
+    "blue",
+    "river",
+    "music",
+    "red",
+    "code",
+    "python",
+    "dog",
+    "run",
+    "fast",
+    "green",
+    "tree",
+    "house",
+    "car",
+    "money",
+    "time",
+    "day",
+    "night",
+)
 
 
 def ood_prompt(rng: random.Random) -> str:
@@ -297,8 +372,10 @@ def long_trace(p: Problem, rng: random.Random, slip_rate: float = 0.0) -> Trace:
         bad = _check_sub(w, digits, p.b, p.a)
         if bad is not None:
             xs, ys = _digits(p.a), _digits(p.b)
-            carry = (sum(xs[j] * 10**j for j in range(min(bad, len(xs))))
-                     + sum(ys[j] * 10**j for j in range(min(bad, len(ys))))) // 10**bad
+            carry = (
+                sum(xs[j] * 10**j for j in range(min(bad, len(xs))))
+                + sum(ys[j] * 10**j for j in range(min(bad, len(ys))))
+            ) // 10**bad
             xd = xs[bad] if bad < len(xs) else 0
             yd = ys[bad] if bad < len(ys) else 0
             s = xd + yd + carry
@@ -319,7 +396,9 @@ def long_trace(p: Problem, rng: random.Random, slip_rate: float = 0.0) -> Trace:
         bad = _check_add(w, digits, bot, top)
         if bad is not None:
             xs, ys = _digits(top), _digits(bot)
-            low = sum(xs[j] * 10**j for j in range(bad)) - sum(ys[j] * 10**j for j in range(min(bad, len(ys))))
+            low = sum(xs[j] * 10**j for j in range(bad)) - sum(
+                ys[j] * 10**j for j in range(min(bad, len(ys)))
+            )
             borrow = 1 if low < 0 else 0
             yd = ys[bad] if bad < len(ys) else 0
             s = xs[bad] - yd - borrow
@@ -362,8 +441,9 @@ def long_trace(p: Problem, rng: random.Random, slip_rate: float = 0.0) -> Trace:
             if bad is not None:
                 correct = _digits(partials[0] + partials[1])
                 x0, x1 = _digits(partials[0]), _digits(partials[1])
-                low = (sum(x0[j] * 10**j for j in range(min(bad, len(x0))))
-                       + sum(x1[j] * 10**j for j in range(min(bad, len(x1)))))
+                low = sum(x0[j] * 10**j for j in range(min(bad, len(x0)))) + sum(
+                    x1[j] * 10**j for j in range(min(bad, len(x1)))
+                )
                 carry = low // 10**bad
                 xd = x0[bad] if bad < len(x0) else 0
                 yd = x1[bad] if bad < len(x1) else 0

@@ -37,7 +37,9 @@ def render_problem(text: str, rng: random.Random) -> Image.Image:
         image = Image.new("RGB", (width, height), "white")
     else:
         # Light noise: grey levels 200-255, so black text stays clearly readable.
-        noise = np.random.default_rng(rng.getrandbits(32)).integers(200, 256, (height, width, 1), dtype=np.uint8)
+        noise = np.random.default_rng(rng.getrandbits(32)).integers(
+            200, 256, (height, width, 1), dtype=np.uint8
+        )
         image = Image.fromarray(np.repeat(noise, 3, axis=2), "RGB")
     x = rng.randint(MARGIN - left, max(MARGIN - left, width - right - MARGIN))
     y = rng.randint(MARGIN - top, max(MARGIN - top, height - bottom - MARGIN))

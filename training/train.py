@@ -62,15 +62,24 @@ def make_pixel_fn(tok: PreTrainedTokenizerFast) -> Callable[[list[Image.Image]],
     return fn
 
 
-def batches(tok: PreTrainedTokenizerFast, s: TrainSettings, rng: random.Random,
-            exclude: frozenset[pb.Problem] = frozenset()) -> Iterator[Batch]:
+def batches(
+    tok: PreTrainedTokenizerFast,
+    s: TrainSettings,
+    rng: random.Random,
+    exclude: frozenset[pb.Problem] = frozenset(),
+) -> Iterator[Batch]:
     """Endless stream of (ids, weights, attention, images) batches, length-sorted within a pool."""
     while True:
         pool = []
         for _ in range(s.batch * s.pool):
-            ex = E.make_example(rng, image_rate=s.image_rate, long_rate=s.long_rate,
-                                short_easy_rate=s.short_easy_rate, short_image_rate=s.short_image_rate,
-                                exclude=exclude)
+            ex = E.make_example(
+                rng,
+                image_rate=s.image_rate,
+                long_rate=s.long_rate,
+                short_easy_rate=s.short_easy_rate,
+                short_image_rate=s.short_image_rate,
+                exclude=exclude,
+            )
             ids, w = E.encode(ex, tok, rng)
             pool.append((ids[: mc.MAX_LEN], w[: mc.MAX_LEN], ex.image))
         pool.sort(key=lambda t: len(t[0]))
@@ -86,8 +95,13 @@ def batches(tok: PreTrainedTokenizerFast, s: TrainSettings, rng: random.Random,
             yield ids, weights, attn, images
 
 
-def loss_fn(model: Idefics3ForConditionalGeneration, ids: torch.Tensor, weights: torch.Tensor,
-            attn: torch.Tensor, pixels: torch.Tensor | None) -> torch.Tensor:
+def loss_fn(
+    model: Idefics3ForConditionalGeneration,
+    ids: torch.Tensor,
+    weights: torch.Tensor,
+    attn: torch.Tensor,
+    pixels: torch.Tensor | None,
+) -> torch.Tensor:
     out = model(input_ids=ids, attention_mask=attn, pixel_values=pixels)
     logits = out.logits[:, :-1].float()
     target, w = ids[:, 1:], weights[:, 1:]
@@ -103,24 +117,36 @@ def lr_at(s: TrainSettings, elapsed: float) -> float:
     return s.lr * (s.min_lr_frac + (1 - s.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * frac)))
 
 
-def train(model: Idefics3ForConditionalGeneration, tok: PreTrainedTokenizerFast, s: TrainSettings,
-          on_eval: Callable[[int, float], None] | None = None,
-          exclude: frozenset[pb.Problem] = frozenset()) -> dict[str, float]:
+def train(
+    model: Idefics3ForConditionalGeneration,
+    tok: PreTrainedTokenizerFast,
+    s: TrainSettings,
+    on_eval: Callable[[int, float], None] | None = None,
+    exclude: frozenset[pb.Problem] = frozenset(),
+) -> dict[str, float]:
     """Train until the time budget is spent; ``on_eval(step, elapsed)`` runs every ``eval_every_s``."""
     rng = random.Random(s.seed)
     pixel_fn = make_pixel_fn(tok)
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embed" not in n]
     other = [p for n, p in model.named_parameters() if p.ndim < 2 or "embed" in n]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": s.weight_decay},
-                             {"params": other, "weight_decay": 0.0}], lr=s.lr, betas=(0.9, 0.98))
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": s.weight_decay}, {"params": other, "weight_decay": 0.0}],
+        lr=s.lr,
+        betas=(0.9, 0.98),
+    )
     model.train()
     start = time.monotonic()
     eval_time = 0.0  # time spent evaluating does not count against the training budget
     next_eval = s.eval_every_s
     step, ema = 0, None
     budget = s.minutes * 60
-    bar = tqdm(total=int(budget), unit="s", desc="train", mininterval=5, bar_format=
-               "{desc}: {percentage:3.0f}%|{bar:20}| {n_fmt}/{total_fmt}s [{elapsed}<{remaining}] {postfix}")
+    bar = tqdm(
+        total=int(budget),
+        unit="s",
+        desc="train",
+        mininterval=5,
+        bar_format="{desc}: {percentage:3.0f}%|{bar:20}| {n_fmt}/{total_fmt}s [{elapsed}] {postfix}",
+    )
     for ids, weights, attn, images in batches(tok, s, rng, exclude):
         elapsed = time.monotonic() - start - eval_time
         if elapsed >= budget:
