@@ -37,6 +37,9 @@ class Seen:
     gateway_left: bool = False  # the gateway closed the connection before the end
 
 
+PACE_S = 0.003
+
+
 class RecordingProxy:
     """ASGI relay to the engine. A chat body with `"user": "cut-after-N"` is broken off after N
     chunks without `[DONE]`, as an engine that crashes mid-stream would."""
@@ -101,6 +104,9 @@ class RecordingProxy:
                     seen.done = True
                 elif line.startswith("data: "):
                     chunks += 1
+                    # Pace the relay like a real engine (a few ms a token): on a loaded 2-core
+                    # machine the tiny model can otherwise write 900 tokens before anyone hangs up.
+                    await asyncio.sleep(PACE_S)
                     usage = orjson.loads(line[6:]).get("usage")
                     if usage:
                         seen.prompt_tokens = usage["prompt_tokens"]
