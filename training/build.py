@@ -1,8 +1,12 @@
 """``make model``: rebuild the bundled model from nothing (data, tokenizer, training, checkpoint files).
 
-python -m training.build                 # full build into models/thinkgate-arith (~60 min on 2 cores)
-python -m training.build --quick         # pipeline check in a few minutes, into a temp folder
-python -m training.build --placeholder   # final files with untrained weights (for wiring tests)
+    python -m training.build                 # full build into models/thinkgate-arith (50 min on 2 cores)
+    python -m training.build --quick         # pipeline check in ~2 minutes, into a temp folder
+    python -m training.build --placeholder   # final files with untrained weights (for wiring tests)
+    python -m training.build --resume DIR --minutes 10 --out OUT   # a further training stage from DIR
+
+The output is built in ``<out>.partial`` and swapped in at the end, so an engine reading the current
+checkpoint never sees a half-written one.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ if TYPE_CHECKING:
 
 REPO = Path(__file__).resolve().parent.parent
 SHIPPED = REPO / "models" / "thinkgate-arith"
+# The tokenizer is part of the interface (engines and tests rely on its ids): it does not follow --seed.
+TOKENIZER_SEED = 1234
 
 
 def build_tokenizer(seed: int) -> PreTrainedTokenizerFast:
@@ -67,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     shutil.rmtree(out, ignore_errors=True)
     t0 = time.monotonic()
     print(f"[build] output: {final_out} (staged in {out})", flush=True)
-    tok = build_tokenizer(args.seed)
+    tok = build_tokenizer(TOKENIZER_SEED)
     size = mc.Size()
     cfg = mc.build_config(tok, size)
     mc.save_side_files(out, tok, cfg)
