@@ -41,6 +41,7 @@ SERVE_FLAGS: dict[str, dict[str, Any]] = {
     "health-interval-s": {"type": float},
     "no-affinity": {"dest": "affinity", "action": "store_const", "const": False,
                     "help": "do not keep a conversation on one replica"},
+    "checkpoint-interval-s": {"type": float, "help": "how often running requests save their token counts"},
     "no-metering": {"dest": "metering", "action": "store_const", "const": False,
                     "help": "no ledger, budgets or rate limits (to measure their cost)"},
     "prices-file": {"type": Path, "help": "TOML of price overrides per profile and mode"},

@@ -55,6 +55,9 @@ class Settings(BaseSettings):
 
     # Metering
     metering: bool = Field(True, description="Ledger, budgets and rate limits (off: only to measure them).")
+    checkpoint_interval_s: float = Field(
+        2.0, gt=0, description="How often a running request saves its token counts (billed if we die)."
+    )
     prices_file: Path | None = Field(
         None, description="TOML of price overrides: [profile.long] answer_output = micro-USD per 1M tokens."
     )

@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -160,3 +161,20 @@ def query_db(database_url: str, sql: str, **params: object) -> list[dict[str, ob
             return [dict(row._mapping) for row in result] if result.returns_rows else []
     finally:
         engine.dispose()
+
+
+def expected_cost(record: Any) -> int:
+    """What a usage record should cost, recomputed from its token counts and the profile's prices."""
+    from app.config import REPO_ROOT
+    from app.metering.prices import TokenCounts, cost_micros
+    from app.profiles import ProfileRegistry
+
+    prices = ProfileRegistry.from_dir(REPO_ROOT / "models" / "profiles").for_model(record["model"]).prices
+    counts = TokenCounts(
+        prompt=record["prompt_tokens"],
+        image=record["image_tokens"],
+        cached=record["cached_tokens"],
+        reasoning=record["reasoning_tokens"],
+        answer=record["answer_tokens"],
+    )
+    return cost_micros(prices[record["mode"]], counts)

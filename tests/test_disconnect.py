@@ -28,6 +28,18 @@ def record(gateway: GatewayProcess, request_id: str) -> sqlite3.Row:
     return rows[0]
 
 
+def engine_tokens_per_second(engine: Engine) -> float:
+    """The engine's own decoding speed for one stream, measured on the spot."""
+    body = {
+        "model": "thinkgate-arith", "max_tokens": 300, "ignore_eos": True,
+        "messages": [{"role": "user", "content": "What is 1 + 1?"}],
+    }  # fmt: skip
+    started = time.monotonic()
+    response = httpx.post(f"{engine.url}/v1/chat/completions", json=body, timeout=120)
+    elapsed = time.monotonic() - started
+    return float(response.json()["usage"]["completion_tokens"]) / elapsed
+
+
 def wait_until(predicate: object, timeout_s: float = 30.0) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -55,21 +67,20 @@ def test_disconnect_stops_the_engine_and_bills_what_was_generated(
     ) as response:  # fmt: skip
         assert response.status_code == 200
         request_id = response.headers["x-request-id"]
-        started = time.monotonic()
         for line in response.iter_lines():
             if line.startswith("data: {"):
                 usage = httpx.Response(200, content=line[6:]).json().get("usage") or {}
                 seen_tokens = max(seen_tokens, usage.get("completion_tokens", 0))
             if seen_tokens >= 40:
                 break
-        streaming_s = time.monotonic() - started
-    # The connection is closed here, mid-answer.
+    # The connection is closed here, mid-answer: how far had the engine got at that moment?
+    at_close = engine_counter(engine, "vllm:generation_tokens_total") - generated_before
     wait_until(lambda: engine_counter(engine, "vllm:num_requests_running") == 0)
     generated = engine_counter(engine, "vllm:generation_tokens_total") - generated_before
-    tokens_per_s = seen_tokens / max(streaming_s, 1e-3)
-    assert generated < 900, "the engine generated the whole answer: the disconnect did not reach it"
-    # What the engine made after we left is at most about one second of generation.
-    assert generated - seen_tokens <= tokens_per_s * 1.0 + 16
+    # What the engine made after we left is at most about one second of its own generation.
+    one_second = engine_tokens_per_second(engine)
+    assert generated - at_close <= one_second + 16, (at_close, generated, one_second)
+    assert generated < 900 or at_close + one_second >= 900, "the disconnect never reached the engine"
 
     wait_until(lambda: record(gateway, request_id)["status"] != "open")
     row = record(gateway, request_id)

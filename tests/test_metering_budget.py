@@ -17,29 +17,13 @@ from typing import Any
 
 import httpx
 import pytest
-from support import GatewayProcess, query_db, start_gateway
+from support import GatewayProcess, expected_cost, query_db, start_gateway
 
 pytestmark = pytest.mark.engine
 
 MODEL = "thinkgate-arith:short"
 BUDGET_USD = "0.0006"
 BUDGET_MICROS = 600
-
-
-def prices_cost(record: dict[str, Any]) -> int:
-    from app.config import REPO_ROOT
-    from app.metering.prices import TokenCounts, cost_micros
-    from app.profiles import ProfileRegistry
-
-    prices = ProfileRegistry.from_dir(REPO_ROOT / "models" / "profiles").for_model(record["model"]).prices
-    counts = TokenCounts(
-        prompt=record["prompt_tokens"],
-        image=record["image_tokens"],
-        cached=record["cached_tokens"],
-        reasoning=record["reasoning_tokens"],
-        answer=record["answer_tokens"],
-    )
-    return cost_micros(prices[record["mode"]], counts)
 
 
 async def fire(urls: list[str], key: str, total: int, concurrency: int) -> list[tuple[int, str, str | None]]:
@@ -91,7 +75,7 @@ def check_ledger(database_url: str, key_id: str, results: list[tuple[int, str, s
     assert total <= BUDGET_MICROS
     assert key["reserved_micros"] == 0
     for record in records:
-        assert record["cost_micros"] == (prices_cost(record) if record["status"] != "rejected" else 0)
+        assert record["cost_micros"] == (expected_cost(record) if record["status"] != "rejected" else 0)
         assert record["cost_micros"] <= record["reserved_micros"] or record["status"] == "rejected"
 
 

@@ -22,7 +22,7 @@ import httpx
 import orjson
 import pytest
 import uvicorn
-from support import GatewayProcess, free_port, query_db, start_gateway
+from support import GatewayProcess, expected_cost, free_port, query_db, start_gateway
 
 pytestmark = pytest.mark.engine
 
@@ -157,22 +157,6 @@ def settled(database_url: str, request_id: str, timeout_s: float = 60) -> dict[s
             return rows[0]
         assert time.monotonic() < deadline, f"{request_id} still open: {rows}"
         time.sleep(0.1)
-
-
-def expected_cost(record: dict[str, Any]) -> int:
-    from app.config import REPO_ROOT
-    from app.metering.prices import TokenCounts, cost_micros
-    from app.profiles import ProfileRegistry
-
-    prices = ProfileRegistry.from_dir(REPO_ROOT / "models" / "profiles").for_model(record["model"]).prices
-    counts = TokenCounts(
-        prompt=record["prompt_tokens"],
-        image=record["image_tokens"],
-        cached=record["cached_tokens"],
-        reasoning=record["reasoning_tokens"],
-        answer=record["answer_tokens"],
-    )
-    return cost_micros(prices[record["mode"]], counts)
 
 
 def stream_until(setup: Setup, body: dict[str, Any], chunks: int) -> tuple[str, int]:

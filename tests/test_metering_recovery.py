@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-from support import GatewayProcess, free_port, query_db, start_gateway
+from support import GatewayProcess, expected_cost, free_port, query_db, start_gateway
 
 pytestmark = pytest.mark.engine
 
@@ -28,22 +28,6 @@ LONG_STREAM = {
     "reasoning_mode": "long",
     "stream_options": {"include_usage": True, "continuous_usage_stats": True},
 }
-
-
-def expected_cost(record: dict[str, Any]) -> int:
-    from app.config import REPO_ROOT
-    from app.metering.prices import TokenCounts, cost_micros
-    from app.profiles import ProfileRegistry
-
-    prices = ProfileRegistry.from_dir(REPO_ROOT / "models" / "profiles").for_model(record["model"]).prices
-    counts = TokenCounts(
-        prompt=record["prompt_tokens"],
-        image=record["image_tokens"],
-        cached=record["cached_tokens"],
-        reasoning=record["reasoning_tokens"],
-        answer=record["answer_tokens"],
-    )
-    return cost_micros(prices[record["mode"]], counts)
 
 
 def read_stream(
@@ -66,7 +50,8 @@ def read_stream(
 
 def test_killed_gateway_requests_are_reconciled_on_restart(engine: Any, tmp_path: Path) -> None:
     port = free_port()
-    args = ("--instance-id", "gateway-under-test")
+    # Frequent checkpoints: on an idle machine the tiny model writes a whole stream in about 2 s.
+    args = ("--instance-id", "gateway-under-test", "--checkpoint-interval-s", "0.1")
     workdir = tmp_path / "gw"
     with start_gateway(workdir, upstreams=[engine.url], port=port, args=args) as gateway:
         database = gateway.database_url
@@ -96,7 +81,7 @@ def test_killed_gateway_requests_are_reconciled_on_restart(engine: Any, tmp_path
             if any(r["status"] == "open" and r["completion_tokens"] > 0 for r in rows):
                 break
             assert time.monotonic() < deadline, rows
-            time.sleep(0.2)
+            time.sleep(0.02)
         gateway.kill()  # SIGKILL: no chance to settle anything
         stop.set()
         for reader in readers:

@@ -28,7 +28,6 @@ from app.relay import ChatRun, EngineFailure
 
 router = APIRouter()
 
-CHECKPOINT_EVERY_S = 2.0
 ERROR_SCHEMA = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"description": text, "content": ERROR_SCHEMA}
@@ -214,7 +213,8 @@ class Completion:
 
     def _maybe_checkpoint(self) -> None:
         now = time.monotonic()
-        if now - self._last_checkpoint < CHECKPOINT_EVERY_S or self.handle is None or self.run is None:
+        interval = self.gateway.settings.checkpoint_interval_s
+        if now - self._last_checkpoint < interval or self.handle is None or self.run is None:
             return
         self._last_checkpoint = now
         task = asyncio.create_task(self.gateway.ledger.checkpoint(self.handle, self.run.counts))
