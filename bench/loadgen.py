@@ -13,8 +13,10 @@ import argparse
 import asyncio
 import json
 import statistics
+import sys
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import aiohttp
 import orjson
@@ -120,6 +122,29 @@ async def run(
         "ttft_p50_ms": None if not ttft else statistics.median(ttft) * 1000,
         "ttft_p99_ms": None if not ttft else (_percentile(ttft, 0.99) or 0) * 1000,
     }
+
+
+def command(
+    url: str,
+    model: str,
+    *,
+    concurrency: int,
+    duration: float,
+    warmup: float,
+    max_tokens: int | None = None,
+    api_key: str | None = None,
+    extra: dict[str, Any] | None = None,
+) -> list[str]:
+    """The command line that runs this load generator in its own process (as the benches do)."""
+    args = [sys.executable, "-m", "bench.loadgen", "--url", url, "--model", model]
+    args += ["--concurrency", str(concurrency), "--duration", str(duration), "--warmup", str(warmup)]
+    if max_tokens:
+        args += ["--max-tokens", str(max_tokens)]
+    if extra:
+        args += ["--extra", json.dumps(extra)]
+    if api_key:
+        args += ["--api-key", api_key]
+    return args
 
 
 def main() -> None:

@@ -22,6 +22,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from bench import loadgen
 from bench.run import ROOT, Server, _spawn, free_port, start_fake_engine, wait_ready
 
 MODEL = "fake-reasoner"
@@ -80,25 +81,15 @@ def start_gateway(
 def load(
     url: str, key: str, concurrency: int, duration: float, warmup: float, max_tokens: int
 ) -> dict[str, Any]:
-    command = [
-        sys.executable,
-        "-m",
-        "bench.loadgen",
-        "--url",
+    command = loadgen.command(
         url,
-        "--model",
         MODEL,
-        "--api-key",
-        key,
-        "--concurrency",
-        str(concurrency),
-        "--duration",
-        str(duration),
-        "--warmup",
-        str(warmup),
-        "--max-tokens",
-        str(max_tokens),
-    ]
+        concurrency=concurrency,
+        duration=duration,
+        warmup=warmup,
+        max_tokens=max_tokens,
+        api_key=key,
+    )
     result = subprocess.run(
         command, cwd=ROOT, capture_output=True, text=True, timeout=duration + warmup + 600
     )

@@ -31,6 +31,8 @@ from typing import Any
 import httpx
 import psutil
 
+from bench import loadgen
+
 ROOT = Path(__file__).resolve().parents[1]
 LITELLM_VENV = ROOT / "bench" / ".litellm-venv"
 LITELLM_REQUIREMENT = os.environ.get("THINKGATE_BENCH_LITELLM", "litellm[proxy]")
@@ -258,27 +260,16 @@ def load(
     server: Server | None,
 ) -> dict[str, Any]:
     """One load-generator run; the server's CPU is read over the measured window only."""
-    command = [
-        sys.executable,
-        "-m",
-        "bench.loadgen",
-        "--url",
+    command = loadgen.command(
         url,
-        "--model",
         model,
-        "--concurrency",
-        str(concurrency),
-        "--duration",
-        str(duration),
-        "--warmup",
-        str(warmup),
-    ]
-    if max_tokens:
-        command += ["--max-tokens", str(max_tokens)]
-    if extra:
-        command += ["--extra", json.dumps(extra)]
-    if server and server.api_key:
-        command += ["--api-key", server.api_key]
+        concurrency=concurrency,
+        duration=duration,
+        warmup=warmup,
+        max_tokens=max_tokens,
+        api_key=server.api_key if server else None,
+        extra=extra,
+    )
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     time.sleep(warmup)
     cpu_start = server.cpu_seconds() if server else 0.0

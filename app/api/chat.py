@@ -14,6 +14,7 @@ from typing import Annotated, Any
 
 import orjson
 from fastapi import APIRouter, Header
+from starlette.responses import Response, StreamingResponse
 
 from app.api.deps import CurrentPrincipal, GatewayDep
 from app.api.protocol import ChatCompletionRequest
@@ -381,8 +382,6 @@ def _strip_reasoning(chunk: dict[str, Any]) -> bool:
 
 def _replay_response(stored: dict[str, Any], stream: bool) -> Any:
     """The completed response of an earlier request with the same Idempotency-Key, not billed again."""
-    from starlette.responses import Response, StreamingResponse
-
     headers = {"idempotent-replayed": "true", "x-request-id": str(stored.get("id", ""))}
     if not stream:
         return Response(orjson.dumps(stored), media_type="application/json", headers=headers)
