@@ -11,7 +11,7 @@ import httpx
 
 from app.chat import MediaPolicy
 from app.config import Settings
-from app.db.engine import create_engine, migrate
+from app.db.engine import create_engine, migrate, sqlite_file
 from app.engine.launcher import EmbeddedEngine
 from app.engine.pool import UpstreamPool
 from app.keys import KeyStore
@@ -19,6 +19,7 @@ from app.media import ImageLimits
 from app.metering.ledger import Ledger
 from app.metering.prices import TokenCounts, apply_price_file, cost_micros
 from app.metering.ratelimit import RateLimiter
+from app.metering.sqlite_writer import SqliteWriter
 from app.metrics import Metrics
 from app.profiles import Mode, ProfileRegistry
 
@@ -56,6 +57,9 @@ class Gateway:
             trust_env=False,
         )
         db = create_engine(settings.database_url)
+        # On SQLite the per-request ledger writes are batched on their own thread (see sqlite_writer).
+        database_file = sqlite_file(settings.database_url)
+        writer = SqliteWriter(database_file) if database_file else None
 
         def price_of(model: str, mode: str, counts: TokenCounts) -> int:
             mode_key: Mode = "long" if mode == "long" else "short"
@@ -89,8 +93,8 @@ class Gateway:
             profiles=profiles,
             pool=UpstreamPool(upstreams, client, probe_interval_s=settings.health_interval_s),
             client=client,
-            keys=KeyStore(db),
-            ledger=Ledger(db, settings.instance_id, price_of),
+            keys=KeyStore(db, writer),
+            ledger=Ledger(db, settings.instance_id, price_of, writer),
             limiter=RateLimiter(db),
             metrics=Metrics(),
             media=media,
@@ -127,4 +131,4 @@ class Gateway:
         if self.engine is not None:
             await self.engine.stop()
         await self.client.aclose()
-        await self.ledger.engine.dispose()
+        await self.ledger.close()

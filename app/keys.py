@@ -6,12 +6,17 @@ import hashlib
 import secrets
 import time
 from dataclasses import dataclass
-from typing import Any
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.db.tables import api_keys
+from app.metering.sqlite_writer import KeyLookupOp
+
+if TYPE_CHECKING:
+    from app.metering.sqlite_writer import SqliteWriter
 
 SECRET_PREFIX = "tg-"
 EFFORT_ORDER = ("none", "minimal", "low", "medium", "high")
@@ -76,8 +81,11 @@ def _principal(row: Any) -> Principal:
 
 
 class KeyStore:
-    def __init__(self, engine: AsyncEngine) -> None:
+    """`writer`: on SQLite, the per-request lookup runs in the hot-path batches (see sqlite_writer)."""
+
+    def __init__(self, engine: AsyncEngine, writer: SqliteWriter | None = None) -> None:
         self.engine = engine
+        self.writer = writer
 
     async def create(
         self, name: str, limits: KeyLimits = KeyLimits(), *, is_admin: bool = False
@@ -130,6 +138,9 @@ class KeyStore:
 
     async def authenticate(self, secret: str) -> Principal | None:
         """The active key with this secret, or None (unknown or revoked)."""
+        if self.writer is not None:
+            found = await self.writer.submit(KeyLookupOp(hash_secret(secret)))
+            return _principal(SimpleNamespace(**found)) if found else None
         async with self.engine.connect() as conn:
             row = (
                 await conn.execute(

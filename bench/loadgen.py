@@ -82,7 +82,9 @@ async def run(
     api_key: str | None,
     max_tokens: int | None,
     extra: dict[str, object] | None = None,
+    rate: float | None = None,
 ) -> dict[str, object]:
+    """`rate`: requests per second over all workers (paced, open loop); None: each worker back to back."""
     payload: dict[str, object] = {
         "model": model,
         "stream": True,
@@ -102,11 +104,16 @@ async def run(
     timeout = aiohttp.ClientTimeout(total=600)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
 
-        async def worker() -> None:
+        async def worker(i: int) -> None:
+            interval = concurrency / rate if rate else 0.0
+            due = start + i * interval / concurrency  # workers staggered across one interval
             while time.perf_counter() < tally.window_end:
+                if interval:
+                    await asyncio.sleep(max(0.0, due - time.perf_counter()))
+                    due += interval
                 await _one(session, endpoint, body, headers, tally)
 
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        await asyncio.gather(*(worker(i) for i in range(concurrency)))
     seconds = tally.window_end - tally.window_start
     ttft = tally.ttft_s
     return {
@@ -134,6 +141,7 @@ def command(
     max_tokens: int | None = None,
     api_key: str | None = None,
     extra: dict[str, Any] | None = None,
+    rate: float | None = None,
 ) -> list[str]:
     """The command line that runs this load generator in its own process (as the benches do)."""
     args = [sys.executable, "-m", "bench.loadgen", "--url", url, "--model", model]
@@ -144,6 +152,8 @@ def command(
         args += ["--extra", json.dumps(extra)]
     if api_key:
         args += ["--api-key", api_key]
+    if rate:
+        args += ["--rate", str(rate)]
     return args
 
 
@@ -157,6 +167,7 @@ def main() -> None:
     parser.add_argument("--api-key")
     parser.add_argument("--max-tokens", type=int)
     parser.add_argument("--extra", type=json.loads, help="JSON object merged into each request body")
+    parser.add_argument("--rate", type=float, help="requests per second in all (default: back to back)")
     args = parser.parse_args()
     try:
         import uvloop
@@ -174,6 +185,7 @@ def main() -> None:
             args.api_key,
             args.max_tokens,
             args.extra,
+            args.rate,
         )
     )
     print(json.dumps(result))

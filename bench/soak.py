@@ -1,6 +1,6 @@
 """Soak: Thinkgate under steady moderate load for a long time, its memory (RSS) sampled over time.
 
-    python -m bench.soak                      # 30 minutes, 8 concurrent streams (not in CI)
+    python -m bench.soak                      # 30 minutes, 8 streams at 20 requests/s (not in CI)
     python -m bench.soak --minutes 3          # the short demonstration
 
 The fake engine, the gateway (ledger on, SQLite) and the load generator run as three processes.
@@ -21,6 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench import loadgen
 from bench.run import ROOT, start_fake_engine, start_thinkgate
 
 
@@ -28,6 +29,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--minutes", type=float, default=30.0)
     parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument(
+        "--rate", type=float, default=20.0, help="requests per second (moderate: the machine stays usable)"
+    )
     parser.add_argument("--sample-s", type=float, default=10.0, help="seconds between RSS samples")
     parser.add_argument("--warmup-s", type=float, default=30.0, help="samples ignored by the verdict")
     parser.add_argument("--tolerance-mib", type=float, default=8.0)
@@ -41,11 +45,11 @@ def main(argv: list[str] | None = None) -> int:
         fake = start_fake_engine(workdir, 64)
         gateway = start_thinkgate(workdir / "gateway", fake.url)
         try:
-            load = subprocess.Popen(
-                [sys.executable, "-m", "bench.loadgen", "--url", gateway.url, "--model", "fake-reasoner",
-                 "--concurrency", str(args.concurrency), "--duration", str(duration), "--warmup", "0"],
-                cwd=ROOT, stdout=subprocess.PIPE,
+            command = loadgen.command(
+                gateway.url, "fake-reasoner", concurrency=args.concurrency, duration=duration, warmup=0,
+                rate=args.rate,
             )  # fmt: skip
+            load = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE)
             started = time.monotonic()
             while load.poll() is None:
                 elapsed = time.monotonic() - started
@@ -62,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     third = max(1, len(settled) // 3)
     first, last = statistics.median(settled[:third]), statistics.median(settled[-third:])
     flat = last - first <= args.tolerance_mib
-    report = {"minutes": args.minutes, "concurrency": args.concurrency, "load": result,
+    report = {"minutes": args.minutes, "concurrency": args.concurrency, "rate": args.rate, "load": result,
               "rss_samples_mib": samples, "rss_first_third_mib": first, "rss_last_third_mib": last,
               "flat": flat}  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)

@@ -15,9 +15,14 @@ from training.modelcfg import IMAGE_SEQ_LEN
 from training.render import render_problem
 
 SYSTEM_PROMPTS = ("You are a helpful assistant.", "You are a careful calculator.", "Answer the question.")
-# Reading the problem from an image is the only thing the vision tower has to learn; the restated problem
-# (first thinking line) gets extra loss weight on image examples so that reading is learned early.
-READ_WEIGHT = 3.0
+# Copying digits is what a tiny transformer learns last and everything else depends on: with uniform loss
+# weights the copy circuits had not formed after 4,000 steps, while weighting the copies up made them
+# form within 200 (measured: restatement digits 26 % right after 525 steps at weight 1, 53 % after 192 at
+# weight 5). So the restated problem (first thinking line; for images the reading step, the only thing
+# the vision tower has to learn) and the final answer (a copy of the result line) weigh more.
+RESTATE_WEIGHT = 4.0
+READ_WEIGHT = 5.0
+ANSWER_WEIGHT = 2.0
 
 
 @dataclass
@@ -101,6 +106,7 @@ def target_segments(ex: Example, rng: random.Random) -> list[tuple[str, float]]:
     tail = (f"{tk.THINK_END}\n\n" if ex.long else "") + trace.answer + tk.IM_END
     if not ex.long:
         return [(tail, 1.0)]
+    answer_weight = 1.0 if ex.problem is None else ANSWER_WEIGHT
     segs: list[tuple[str, float]] = []
     thinking, pos = trace.thinking, 0
     first_line_end = thinking.index("\n") + 1
@@ -110,11 +116,11 @@ def target_segments(ex: Example, rng: random.Random) -> list[tuple[str, float]]:
             continue
         piece = thinking[pos:cut]
         weight = 0.0 if (pos, cut) in trace.masked_spans else 1.0
-        if pos == 0 and ex.image is not None:
-            weight = READ_WEIGHT
+        if pos == 0 and ex.problem is not None:
+            weight = READ_WEIGHT if ex.image is not None else RESTATE_WEIGHT
         segs.append((piece, weight))
         pos = cut
-    segs.append((tail, 1.0))
+    segs.append((tail, answer_weight))
     return segs
 
 

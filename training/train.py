@@ -31,8 +31,8 @@ Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[Image.Image]]
 class TrainSettings:
     minutes: float = 55.0
     batch: int = 24
-    lr: float = 2e-3
-    warmup_s: float = 60.0
+    lr: float = 1e-3
+    warmup_s: float = 120.0
     min_lr_frac: float = 0.05
     weight_decay: float = 0.05
     eval_every_s: float = 600.0
@@ -42,6 +42,7 @@ class TrainSettings:
     long_rate: float = 0.5
     short_easy_rate: float = 0.5
     pool: int = 8  # batches generated at once, then sorted by length to cut padding
+    bf16: bool = True  # autocast matmuls to bfloat16 (about 1.5x faster on CPU)
 
 
 def new_model(cfg: Idefics3Config, seed: int) -> Idefics3ForConditionalGeneration:
@@ -155,7 +156,7 @@ def train(
         for g in opt.param_groups:
             g["lr"] = lr
         pixels = pixel_fn(images) if images else None
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=s.bf16):
             loss = loss_fn(model, ids, weights, attn, pixels)
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -12,7 +12,8 @@ from app.gateway import Gateway
 from app.keys import ADMIN, ANONYMOUS, Principal
 
 
-def get_gateway(request: Request) -> Gateway:
+async def get_gateway(request: Request) -> Gateway:
+    # async: FastAPI would run a plain `def` dependency in its thread pool, a hop on every request.
     gateway: Gateway = request.app.state.gateway
     return gateway
 

@@ -34,6 +34,14 @@ def is_sqlite(url: str) -> bool:
     return make_url(url).get_backend_name() == "sqlite"
 
 
+def sqlite_file(url: str) -> str | None:
+    """The database file of a file-backed SQLite URL; None for other databases and `:memory:`."""
+    if not is_sqlite(url):
+        return None
+    database = make_url(url).database
+    return database if database and database != ":memory:" else None
+
+
 def create_engine(url: str) -> AsyncEngine:
     url = async_url(url)
     if is_sqlite(url):

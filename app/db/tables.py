@@ -18,6 +18,16 @@ from sqlalchemy import (
 
 metadata = MetaData()
 
+# The token counts of a usage record, in the order the API and the CSV export list them.
+TOKEN_COLUMNS = (
+    "prompt_tokens",
+    "image_tokens",
+    "cached_tokens",
+    "completion_tokens",
+    "reasoning_tokens",
+    "answer_tokens",
+)
+
 api_keys = Table(
     "api_keys",
     metadata,

@@ -26,6 +26,7 @@ from app.errors import IdempotencyConflict, QuotaExceeded
 from app.keys import Principal
 from app.metering.prices import TokenCounts, format_usd
 from app.metering.ratelimit import RateLimiter
+from app.metering.sqlite_writer import CheckpointOp, OpenOp, RecordOp, SettleOp, SqliteWriter
 
 FINAL_STATUSES = ("completed", "length", "aborted", "engine_error", "rejected", "interrupted")
 
@@ -72,10 +73,20 @@ PriceOf = Callable[[str, str, TokenCounts], int]  # (model, mode, counts) -> mic
 
 
 class Ledger:
-    def __init__(self, engine: AsyncEngine, instance_id: str, price_of: PriceOf) -> None:
+    """`writer`: the batched SQLite path for the per-request writes (open, checkpoint, settle, reject);
+    without it (PostgreSQL) they go through SQLAlchemy, settlements still group-committed."""
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        instance_id: str,
+        price_of: PriceOf,
+        writer: SqliteWriter | None = None,
+    ) -> None:
         self.engine = engine
         self.instance_id = instance_id
         self.price_of = price_of
+        self.writer = writer
         self._settlements: list[_Settlement] = []
         self._settler: asyncio.Task[None] | None = None
 
@@ -112,9 +123,13 @@ class Ledger:
             "idempotency_key": idempotency_key,
         }
         try:
-            fits, window = await self._open(
-                record, reserve_micros, has_row, now, limiter, principal, rate_tokens
-            )
+            if self.writer is not None:
+                op = OpenOp(record, reserve_micros, has_row, principal, rate_tokens, limiter is not None)
+                fits, window = await self.writer.submit(op)
+            else:
+                fits, window = await self._open(
+                    record, reserve_micros, has_row, now, limiter, principal, rate_tokens
+                )
         except IntegrityError:
             raise IdempotencyConflict(
                 "A request with this Idempotency-Key is already running; retry when it has finished.",
@@ -207,25 +222,30 @@ class Ledger:
     ) -> None:
         """Record a request refused before any reservation (limits, permissions)."""
         now = time.time()
+        record = {
+            "id": request_id,
+            "key_id": principal.key_id,
+            "created_at": now,
+            "settled_at": now,
+            "instance_id": self.instance_id,
+            "model": model,
+            "mode": mode,
+            "mode_source": "-",
+            "status": "rejected",
+            "error": reason,
+            "duration_ms": 0.0,
+        }
+        if self.writer is not None:
+            await self.writer.submit(RecordOp(record))
+            return
         async with self.engine.begin() as conn:
-            await conn.execute(
-                insert(usage_records).values(
-                    id=request_id,
-                    key_id=principal.key_id,
-                    created_at=now,
-                    settled_at=now,
-                    instance_id=self.instance_id,
-                    model=model,
-                    mode=mode,
-                    mode_source="-",
-                    status="rejected",
-                    error=reason,
-                    duration_ms=0.0,
-                )
-            )
+            await conn.execute(insert(usage_records).values(**record))
 
     async def checkpoint(self, handle: OpenRequest, counts: TokenCounts) -> None:
         """Save progress of a long stream, so a gateway crash bills what was generated until then."""
+        if self.writer is not None:
+            await self.writer.submit(CheckpointOp(handle.request_id, _count_columns(counts)))
+            return
         async with self.engine.begin() as conn:
             await conn.execute(
                 update(usage_records)
@@ -248,6 +268,9 @@ class Ledger:
         together in the next transaction (group commit): under load the database connection is
         taken once per batch instead of once per request.
         """
+        if self.writer is not None:
+            closed: bool = await self.writer.submit(_settle_op(handle, outcome, response_json, limiter))
+            return closed
         done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._settlements.append(_Settlement(handle, outcome, response_json, limiter, time.time(), done))
         if self._settler is None or self._settler.done():
@@ -297,6 +320,11 @@ class Ledger:
             used = outcome.counts.prompt + outcome.counts.completion
             await limiter.correct(handle.principal, handle.window, handle.rate_tokens, used, conn)
         return True
+
+    async def close(self) -> None:
+        if self.writer is not None:
+            await self.writer.close()
+        await self.engine.dispose()
 
     async def heartbeat(self) -> None:
         now = time.time()
@@ -356,6 +384,31 @@ class Ledger:
             if row.key_id.startswith("key_"):
                 await _release(conn, row.key_id, row.reserved_micros, cost)
         return True
+
+
+def _settle_op(
+    handle: OpenRequest, outcome: Outcome, response_json: str | None, limiter: RateLimiter | None
+) -> SettleOp:
+    now = time.time()
+    values = {
+        "status": outcome.status,
+        "finish_reason": outcome.finish_reason,
+        "error": outcome.error,
+        "cost_micros": outcome.cost_micros,
+        "settled_at": now,
+        "ttft_ms": outcome.ttft_ms,
+        "duration_ms": (now - handle.started) * 1000,
+        "response_json": response_json,
+        **_count_columns(outcome.counts),
+    }
+    rate = None
+    principal = handle.principal
+    if limiter is not None and principal is not None and principal.tpm is not None:
+        used = outcome.counts.prompt + outcome.counts.completion
+        if handle.window is not None and used != handle.rate_tokens:
+            rate = (principal.key_id, handle.window, handle.rate_tokens, used)
+    key_id = handle.key_id if handle.has_key_row else None
+    return SettleOp(handle.request_id, key_id, handle.reserved_micros, values, rate)
 
 
 async def _release(conn: AsyncConnection, key_id: str, reserved: int, cost: int) -> None:

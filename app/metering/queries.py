@@ -19,7 +19,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, and_, case, func, literal, or_, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.db.tables import api_keys, usage_records
+from app.db.tables import TOKEN_COLUMNS, api_keys, usage_records
 
 GROUPS = ("day", "model", "mode", "key")
 RECORD_FIELDS = (
@@ -35,12 +35,7 @@ RECORD_FIELDS = (
     "status",
     "finish_reason",
     "error",
-    "prompt_tokens",
-    "image_tokens",
-    "cached_tokens",
-    "completion_tokens",
-    "reasoning_tokens",
-    "answer_tokens",
+    *TOKEN_COLUMNS,
     "reserved_micros",
     "cost_micros",
     "ttft_ms",

@@ -8,6 +8,7 @@ corrected to the exact count when it settles.
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
 from sqlalchemy import delete, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -16,13 +17,34 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app.db.tables import rate_windows
 from app.errors import RateLimited
-from app.keys import Principal
+
+if TYPE_CHECKING:
+    from app.keys import Principal
 
 WINDOW_S = 60
 
 
 def current_window(now: float | None = None) -> int:
     return int((time.time() if now is None else now) // WINDOW_S)
+
+
+def refusal_for(
+    principal: Principal, tokens: int, requests: int, used_tokens: int, window: int, now: float
+) -> RateLimited | None:
+    """The 429 for a window that this request took past the key's rpm or tpm, else None."""
+    over_requests = principal.rpm is not None and requests > principal.rpm
+    over_tokens = principal.tpm is not None and used_tokens > principal.tpm
+    if not (over_requests or over_tokens):
+        return None
+    retry_after = int((window + 1) * WINDOW_S - now) + 1
+    if over_requests:
+        message = f"Rate limit reached: {principal.rpm} requests per minute for this key."
+    else:
+        message = (
+            f"Rate limit reached: {principal.tpm} tokens per minute for this key (this request "
+            f"counts up to {tokens} tokens: prompt plus max_completion_tokens)."
+        )
+    return RateLimited(message, retry_after_s=retry_after)
 
 
 class RateLimiter:
@@ -56,19 +78,10 @@ class RateLimiter:
             set_={"requests": rate_windows.c.requests + 1, "tokens": rate_windows.c.tokens + tokens},
         ).returning(rate_windows.c.requests, rate_windows.c.tokens)
         requests, used_tokens = (await conn.execute(statement)).one()
-        over_requests = principal.rpm is not None and requests > principal.rpm
-        over_tokens = principal.tpm is not None and used_tokens > principal.tpm
-        if not (over_requests or over_tokens):
-            return window
-        retry_after = int((window + 1) * WINDOW_S - now) + 1
-        if over_requests:
-            message = f"Rate limit reached: {principal.rpm} requests per minute for this key."
-        else:
-            message = (
-                f"Rate limit reached: {principal.tpm} tokens per minute for this key (this request "
-                f"counts up to {tokens} tokens: prompt plus max_completion_tokens)."
-            )
-        raise RateLimited(message, retry_after_s=retry_after)  # rolls the transaction back
+        refusal = refusal_for(principal, tokens, requests, used_tokens, window, now)
+        if refusal is not None:
+            raise refusal  # rolls the transaction back
+        return window
 
     async def correct(
         self,

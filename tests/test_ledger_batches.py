@@ -1,0 +1,124 @@
+"""The ledger's batched SQLite path against its SQLAlchemy path, on the same operations.
+
+Many requests opened at the same moment land in one batch (one transaction). Each must still behave
+as if it had had a transaction of its own: a refused one (budget, rate limit, a duplicate
+Idempotency-Key) leaves nothing reserved or counted behind, and does not undo the others. Every test
+runs once on each path; both must leave the same ledger.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from support import query_db
+
+from app.db.engine import create_engine, migrate
+from app.errors import IdempotencyConflict, QuotaExceeded, RateLimited
+from app.keys import KeyLimits, KeyStore, Principal
+from app.metering.ledger import Ledger, OpenRequest, Outcome
+from app.metering.prices import TokenCounts
+from app.metering.ratelimit import RateLimiter
+from app.metering.sqlite_writer import SqliteWriter
+
+
+class Books:
+    def __init__(self, url: str, ledger: Ledger, keys: KeyStore, limiter: RateLimiter) -> None:
+        self.url, self.ledger, self.keys, self.limiter = url, ledger, keys, limiter
+
+    async def key(self, limits: KeyLimits) -> Principal:
+        _, secret = await self.keys.create("test", limits)
+        principal = await self.keys.authenticate(secret)
+        assert principal is not None
+        return principal
+
+    async def open(self, principal: Principal, i: int, reserve: int, idem: str | None = None) -> OpenRequest:
+        return await self.ledger.open(
+            principal,
+            request_id=f"req-{i}",
+            model="m",
+            mode="long",
+            mode_source="test",
+            effort=None,
+            reserve_micros=reserve,
+            idempotency_key=idem,
+            limiter=self.limiter,
+            rate_tokens=100,
+        )
+
+    def key_row(self, principal: Principal) -> dict[str, object]:
+        return query_db(self.url, "SELECT * FROM api_keys WHERE id = :k", k=principal.key_id)[0]
+
+    def statuses(self) -> list[str]:
+        return sorted(str(r["status"]) for r in query_db(self.url, "SELECT status FROM usage_records"))
+
+
+@pytest.fixture(params=["batched", "sqlalchemy"])
+async def books(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Books]:
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    await migrate(url)
+    db = create_engine(url)
+    writer = SqliteWriter(str(tmp_path / "ledger.db")) if request.param == "batched" else None
+    ledger = Ledger(db, "instance-1", lambda model, mode, counts: counts.completion, writer)
+    yield Books(url, ledger, KeyStore(db, writer), RateLimiter(db))
+    await ledger.close()
+
+
+async def test_concurrent_reservations_never_pass_the_budget(books: Books) -> None:
+    principal = await books.key(KeyLimits(budget_micros=1000))
+    results = await asyncio.gather(*(books.open(principal, i, 300) for i in range(6)), return_exceptions=True)
+    opened = [r for r in results if isinstance(r, OpenRequest)]
+    refused = [r for r in results if isinstance(r, QuotaExceeded)]
+    assert (len(opened), len(refused)) == (3, 3)
+    assert books.key_row(principal)["reserved_micros"] == 900
+    assert books.statuses() == ["open"] * 3 + ["rejected"] * 3
+
+    for handle in opened:  # settle below the reservation: the rest goes back to the budget
+        counts = TokenCounts(prompt=5, reasoning=40, answer=10)
+        assert await books.ledger.settle(handle, Outcome("completed", counts, 50), limiter=books.limiter)
+    row = books.key_row(principal)
+    assert (row["reserved_micros"], row["spent_micros"]) == (0, 150)
+    assert books.statuses() == ["completed"] * 3 + ["rejected"] * 3
+    # A settled request cannot be settled again (e.g. by a reconciliation racing it).
+    assert not await books.ledger.settle(opened[0], Outcome("completed", TokenCounts(), 50))
+    assert books.key_row(principal)["spent_micros"] == 150
+
+
+async def test_rate_limited_requests_in_a_batch_undo_only_themselves(books: Books) -> None:
+    principal = await books.key(KeyLimits(budget_micros=10_000, rpm=2))
+    results = await asyncio.gather(*(books.open(principal, i, 100) for i in range(5)), return_exceptions=True)
+    assert sum(isinstance(r, OpenRequest) for r in results) == 2
+    limited = [r for r in results if isinstance(r, RateLimited)]
+    assert len(limited) == 3 and all(int(e.headers["Retry-After"]) >= 1 for e in limited)
+    assert books.key_row(principal)["reserved_micros"] == 200  # the refused three reserved nothing
+    window = query_db(books.url, "SELECT requests, tokens FROM rate_windows")
+    assert window == [{"requests": 2, "tokens": 200}]
+
+
+async def test_a_duplicate_idempotency_key_in_the_same_batch_is_refused_alone(books: Books) -> None:
+    principal = await books.key(KeyLimits(budget_micros=10_000))
+    first, second, other = await asyncio.gather(
+        books.open(principal, 1, 100, idem="same"),
+        books.open(principal, 2, 100, idem="same"),
+        books.open(principal, 3, 100, idem="different"),
+        return_exceptions=True,
+    )
+    assert isinstance(first, OpenRequest) and isinstance(other, OpenRequest)
+    assert isinstance(second, IdempotencyConflict)
+    assert books.key_row(principal)["reserved_micros"] == 200
+    assert books.statuses() == ["open", "open"]
+
+
+async def test_checkpoints_and_revocation_are_seen_at_once(books: Books) -> None:
+    _, secret = await books.keys.create("short-lived", KeyLimits(budget_micros=1000))
+    principal = await books.keys.authenticate(secret)
+    assert principal is not None and principal.budget_micros == 1000
+    handle = await books.open(principal, 1, 500)
+    await books.ledger.checkpoint(handle, TokenCounts(prompt=7, reasoning=11, answer=2))
+    record = query_db(books.url, "SELECT * FROM usage_records")[0]
+    assert (record["prompt_tokens"], record["reasoning_tokens"], record["completion_tokens"]) == (7, 11, 13)
+
+    assert await books.keys.revoke(principal.key_id)
+    assert await books.keys.authenticate(secret) is None
