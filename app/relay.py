@@ -94,8 +94,7 @@ class ChatRun:
         self.forced_end = False
         self.created = int(time.time())
         self._pending: tuple[httpx.Response, Replica] | None = None
-        self._streaming: tuple[httpx.Response, Replica] | None = None  # being read by batches()
-        self._per_chunk = False
+        self._streaming: tuple[httpx.Response, Replica] | None = None  # being read by chunks()
 
     # -- accounting ---------------------------------------------------------------------------
 
@@ -193,19 +192,7 @@ class ChatRun:
         self._pending = await self._open(self.prepared.body)
 
     async def chunks(self) -> AsyncIterator[dict[str, Any]]:
-        """Normalised chunks one by one (see `batches`)."""
-        async for batch in self.batches():
-            for chunk in batch:
-                yield chunk
-
-    async def batches(self, per_chunk: bool = False) -> AsyncIterator[list[dict[str, Any]]]:
-        """Normalised chunks, reasoning under `reasoning_content`/`reasoning` and never in `content`,
-        in lists of what arrived in one read from the engine: under load a read holds many events,
-        and the response writes each list at once (one ASGI send instead of one per chunk).
-
-        `per_chunk`: one chunk per list, for callers that read the counters after every chunk.
-        """
-        self._per_chunk = per_chunk
+        """Normalised chunks: reasoning under `reasoning_content`/`reasoning`, never in `content`."""
         body = self.prepared.body
         while True:
             if self._pending is not None:
@@ -217,8 +204,8 @@ class ChatRun:
             budget_hit = False
             try:
                 async with contextlib.aclosing(self._relay(response)) as relay:
-                    async for batch in relay:
-                        yield batch
+                    async for chunk in relay:
+                        yield chunk
                         if self.force_budget and self._over_budget():
                             budget_hit = True
                             break
@@ -267,24 +254,19 @@ class ChatRun:
             and self.reasoning_tokens >= budget
         )
 
-    async def _relay(self, response: httpx.Response) -> AsyncGenerator[list[dict[str, Any]], None]:
+    async def _relay(self, response: httpx.Response) -> AsyncGenerator[dict[str, Any], None]:
         try:
-            async for batch in self._parse(response):
-                yield batch
+            async for chunk in self._parse(response):
+                yield chunk
         except httpx.HTTPError as exc:  # the connection broke mid-stream
             raise EngineFailure(f"the engine connection broke: {type(exc).__name__}: {exc}") from exc
 
-    async def _parse(self, response: httpx.Response) -> AsyncIterator[list[dict[str, Any]]]:
-        """Lists of normalised chunks, one per engine read; one chunk per list when the counters are
-        read after every chunk (`per_chunk`, or while the gateway enforces a thinking budget)."""
+    async def _parse(self, response: httpx.Response) -> AsyncIterator[dict[str, Any]]:
         # SSE split on raw bytes: no text decoding and no line objects per chunk (the hot path).
         stream = _sse_data(response)
         async for payloads in stream:
-            batch: list[dict[str, Any]] = []
             for payload in payloads:
                 if payload == b"[DONE]":
-                    if batch:
-                        yield batch
                     await _drain(stream)
                     return
                 try:
@@ -297,14 +279,8 @@ class ChatRun:
                     message = error.get("message") if isinstance(error, dict) else str(error)
                     raise EngineFailure(f"engine error: {message}")
                 normalised = self._normalise(chunk)
-                if normalised is None:
-                    continue
-                if self.force_budget or self._per_chunk:
-                    yield [normalised]
-                else:
-                    batch.append(normalised)
-            if batch:
-                yield batch
+                if normalised is not None:
+                    yield normalised
         raise EngineFailure("engine closed the stream before [DONE]")
 
     def _normalise(self, chunk: dict[str, Any]) -> dict[str, Any] | None:

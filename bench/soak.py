@@ -49,7 +49,9 @@ def main(argv: list[str] | None = None) -> int:
                 gateway.url, "fake-reasoner", concurrency=args.concurrency, duration=duration, warmup=0,
                 rate=args.rate,
             )  # fmt: skip
-            load = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE)
+            # Its JSON goes to a file: a pipe nobody reads until the end fills up and blocks it.
+            load_out = (workdir / "load.json").open("w+b")
+            load = subprocess.Popen(command, cwd=ROOT, stdout=load_out)
             started = time.monotonic()
             while load.poll() is None:
                 elapsed = time.monotonic() - started
@@ -57,8 +59,9 @@ def main(argv: list[str] | None = None) -> int:
                 samples.append((elapsed, rss))
                 print(f"[soak] {elapsed:7.0f} s  RSS {rss:7.1f} MiB", file=sys.stderr, flush=True)
                 time.sleep(args.sample_s)
-            out, _ = load.communicate()
-            result = json.loads(out)
+            load_out.seek(0)
+            result = json.loads(load_out.read())
+            load_out.close()
         finally:
             gateway.stop()
             fake.stop()

@@ -237,17 +237,13 @@ class Completion:
         hide_reasoning = not self.prepared.decision.include_reasoning
         fixed = {"id": self.request_id, "model": request.model, **self._mode_fields()}
         try:
-            async for batch in self.run.batches(per_chunk=continuous):
-                frames = []
-                for chunk in batch:
-                    chunk.update(fixed)
-                    if hide_reasoning and not _strip_reasoning(chunk):
-                        continue
-                    if continuous:
-                        chunk["usage"] = self._usage()
-                    frames.append(b"data: " + orjson.dumps(chunk) + b"\n\n")
-                if frames:
-                    yield b"".join(frames)  # one write for what one engine read brought
+            async for chunk in self.run.chunks():
+                chunk.update(fixed)
+                if hide_reasoning and not _strip_reasoning(chunk):
+                    continue
+                if continuous:
+                    chunk["usage"] = self._usage()
+                yield b"data: " + orjson.dumps(chunk) + b"\n\n"
                 self._maybe_checkpoint()
             self.status = self._final_status()
         except (EngineFailure, APIError) as error:

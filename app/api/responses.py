@@ -41,6 +41,54 @@ async def _race(work: Coroutine[Any, Any, Any], receive: Receive) -> bool:
     return True
 
 
+# Frames produced but not yet written before the producer waits (backpressure from a slow client).
+READ_AHEAD = 256
+
+
+async def _coalesced(frames: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """The frames, joined into one write whenever several are ready together.
+
+    A task of its own pulls the frames (reading the engine) while the caller writes: when the
+    engine is ahead, everything that arrived while the previous write went out is sent in one go,
+    one ASGI send and one socket write per burst instead of per token. Each loop turn waits for the
+    producer at least once, so a client's disconnect is noticed even when the engine never waits.
+    """
+    ready: list[bytes] = []
+    wake, space = asyncio.Event(), asyncio.Event()
+    space.set()
+
+    async def produce() -> None:
+        try:
+            async for frame in frames:
+                ready.append(frame)
+                wake.set()
+                if len(ready) >= READ_AHEAD:
+                    space.clear()
+                    await space.wait()
+        finally:
+            wake.set()
+
+    producer = asyncio.ensure_future(produce())
+    try:
+        while True:
+            if not ready and not producer.done():
+                await wake.wait()
+            wake.clear()
+            if ready:
+                batch = b"".join(ready) if len(ready) > 1 else ready[0]
+                ready.clear()
+                space.set()
+                yield batch
+            elif producer.done():
+                producer.result()  # the frames' own error, if they failed
+                return
+    finally:
+        if not producer.done():
+            producer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await producer
+
+
 def _headers(headers: dict[str, str], content_type: bytes) -> list[tuple[bytes, bytes]]:
     raw = [(b"content-type", content_type)]
     raw.extend((name.lower().encode(), value.encode("latin-1")) for name, value in headers.items())
@@ -69,11 +117,8 @@ class SSEResponse(Response):
             )
 
             async def pump() -> None:
-                async for frame in self.frames:
-                    await send({"type": "http.response.body", "body": frame, "more_body": True})
-                    # A turn of the event loop per frame: when the engine is ahead of us, reads never
-                    # wait, and without this a client's disconnect went unseen for seconds.
-                    await asyncio.sleep(0)
+                async for frames in _coalesced(self.frames):
+                    await send({"type": "http.response.body", "body": frames, "more_body": True})
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
 
             disconnected = await _race(pump(), receive)
