@@ -6,8 +6,9 @@
 Upstream is the fast fake engine (`bench.fake_engine`), so the gateway's own work dominates. Both
 gateways authenticate with a real API key that has a budget, rpm and tpm, so "on" exercises every
 metering step of a request: rate-limit upsert, reservation + open record, checkpoints, settlement
-and the rate-window correction. "Off" is the same gateway started with `--no-metering`. Rounds
-alternate off/on to spread out the noise of a shared machine; each side's median is reported.
+and the rate-window correction. "Off" is the same gateway started with `--no-metering`. Each round runs both sides, which one
+first alternating from round to round, to spread out the noise of a shared machine; each side's
+median is reported.
 Results: a Markdown table on stdout and JSON in artifacts/bench/metering.json.
 """
 
@@ -129,7 +130,8 @@ def main(argv: list[str] | None = None) -> int:
             for side in ("off", "on")
         }
         for round_ in range(args.rounds):
-            for side in ("off", "on"):
+            # Which side goes first alternates too: a round's second run must not always be "on".
+            for side in ("off", "on") if round_ % 2 == 0 else ("on", "off"):
                 server, key = gateways[side]
                 result = load(server.url, key, args.concurrency, args.duration, args.warmup, args.tokens)
                 runs[side].append(result)

@@ -57,14 +57,30 @@ def test_smoke_evaluation_runs_through_the_product(results: dict[tuple[str, str,
     assert all(a.reasoning_tokens == 0 for a in results[("short", "text", "easy")])
 
 
+Cell = tuple[str, str, str]
+
+
+def _rates(results: dict[Cell, list[Answer]]) -> tuple[dict[Cell, float], str]:
+    rate = {cell: sum(a.correct for a in answers) / len(answers) for cell, answers in results.items()}
+    return rate, ", ".join(f"{'/'.join(c)}={r:.0%}" for c, r in rate.items())
+
+
+def test_long_mode_solves_what_short_mode_cannot(results: dict[tuple[str, str, str], list[Answer]]) -> None:
+    """What the shipped weights do now (model card: 88 % vs 4 % on 50 hard text problems), with room
+    for sampling error on 20: a checkpoint that loses its reasoning fails here."""
+    rate, report = _rates(results)
+    long_hard, short_hard = rate[("long", "text", "hard")], rate[("short", "text", "hard")]
+    assert long_hard >= 0.7, report
+    assert long_hard - short_hard >= 0.5, report
+
+
 @pytest.mark.xfail(
     strict=True,
-    reason="issue 3 is open: the shipped weights are under-trained (see the model card); this test "
-    "starts passing, and then must pass, once a retrained checkpoint meets the targets",
+    reason="issue 3 is open: images are not read yet and short mode is at 58 % on easy problems (see the "
+    "model card); this test starts passing, and then must pass, once a checkpoint meets the targets",
 )
 def test_smoke_evaluation_meets_the_thresholds(results: dict[tuple[str, str, str], list[Answer]]) -> None:
-    rate = {cell: sum(a.correct for a in answers) / len(answers) for cell, answers in results.items()}
-    report = ", ".join(f"{'/'.join(c)}={r:.0%}" for c, r in rate.items())
+    rate, report = _rates(results)
     for cell, minimum in MIN_PASS.items():
         assert rate[cell] >= minimum, f"{'/'.join(cell)} below {minimum:.0%}: {report}"
     long_hard, short_hard = rate[("long", "text", "hard")], rate[("short", "text", "hard")]
