@@ -249,6 +249,10 @@ def test_non_streaming_client_that_gives_up_is_billed_for_what_ran(setup: Setup)
     record = settled(setup.gateway.database_url, new[0])
     engine = setup.proxy.seen[record["id"]]
     assert record["status"] == "aborted" and record["key_id"] == setup.key_id
+    # The proxy notices the hang-up at its next engine line, which may come after the settlement.
+    deadline = time.monotonic() + 10
+    while not (engine.gateway_left or engine.done) and time.monotonic() < deadline:
+        time.sleep(0.01)
     assert engine.gateway_left and not engine.done
     assert record["completion_tokens"] in engine.completions
     assert record["cost_micros"] == expected_cost(record)

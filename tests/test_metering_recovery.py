@@ -58,29 +58,37 @@ def test_killed_gateway_requests_are_reconciled_on_restart(engine: Any, tmp_path
         key = gateway.create_key("crash", "--budget", "1")
         key_id = query_db(database, "SELECT id FROM api_keys WHERE name = 'crash'")[0]["id"]
         stop, seen = threading.Event(), []
-        readers = [
-            threading.Thread(
-                target=read_stream,
-                args=(
-                    gateway.base_url,
-                    key,
-                    {**LONG_STREAM, "messages": [{"role": "user", "content": f"What is {n} * 12345?"}]},
-                    stop,
-                    seen,
-                ),
-            )
-            for n in (3, 4, 5)
-        ]
-        for reader in readers:
-            reader.start()
-        # Three streams share the engine, so each runs for a while; kill once one of them is past its
-        # first checkpoint (every 2 s), so the ledger holds counts of a running stream.
-        deadline = time.monotonic() + 60
+
+        def start_round() -> list[threading.Thread]:
+            readers = [
+                threading.Thread(
+                    target=read_stream,
+                    args=(
+                        gateway.base_url,
+                        key,
+                        {**LONG_STREAM, "messages": [{"role": "user", "content": f"What is {n} * 12345?"}]},
+                        stop,
+                        seen,
+                    ),
+                )
+                for n in range(3, 9)
+            ]
+            for reader in readers:
+                reader.start()
+            return readers
+
+        # Six streams share the engine, so each runs for a while; kill once one of them is past its
+        # first checkpoint, so the ledger holds counts of a running stream. While vLLM on CPU decodes,
+        # the machine can stall other processes for a second or more, so a whole round of streams may
+        # end unobserved: then another round runs (its finished records must stay untouched too).
+        rounds, readers = 1, start_round()
         while True:
             rows = query_db(database, "SELECT * FROM usage_records WHERE key_id = :k", k=key_id)
             if any(r["status"] == "open" and r["completion_tokens"] > 0 for r in rows):
                 break
-            assert time.monotonic() < deadline, rows
+            if not any(reader.is_alive() for reader in readers):
+                assert rounds < 3, f"no running stream was ever seen checkpointed: {rows}"
+                rounds, readers = rounds + 1, start_round()
             time.sleep(0.02)
         gateway.kill()  # SIGKILL: no chance to settle anything
         stop.set()
@@ -100,12 +108,21 @@ def test_killed_gateway_requests_are_reconciled_on_restart(engine: Any, tmp_path
         records = query_db(database, "SELECT * FROM usage_records WHERE key_id = :k", k=key_id)
         key_row = query_db(database, "SELECT * FROM api_keys WHERE id = :k", k=key_id)[0]
         assert f"reconciled {len(left_open)} request(s)" in restarted.log()
-    assert sorted(r["id"] for r in records) == sorted(seen)
     before = {r["id"]: r for r in left_open}
-    assert sorted(r["id"] for r in records if r["status"] == "interrupted") == sorted(before)
-    for record in (r for r in records if r["id"] in before):
+    interrupted = {r["id"] for r in records if r["status"] == "interrupted"}
+    # Every request a client saw has its record; a request killed before its response headers went
+    # out has one too, and it is among the reconciled.
+    assert set(seen) <= {r["id"] for r in records}
+    assert {r["id"] for r in records} - set(seen) <= interrupted
+    # Every request open at the kill is reconciled, and no finished one is touched. (The snapshot
+    # can miss the very last commit before SIGKILL: SQLite makes it visible at its next recovery,
+    # so the restarted gateway may find one more open record than the snapshot showed.)
+    assert set(before) <= interrupted
+    assert interrupted.isdisjoint(r["id"] for r in finished)
+    for record in (r for r in records if r["id"] in interrupted):
         # Billed exactly the checkpointed tokens, no more, no less; the rest of the hold released.
-        assert record["completion_tokens"] == before[record["id"]]["completion_tokens"]
+        if record["id"] in before:
+            assert record["completion_tokens"] == before[record["id"]]["completion_tokens"]
         assert record["cost_micros"] == expected_cost(record)
         assert record["settled_at"] is not None
     assert key_row["reserved_micros"] == 0
@@ -198,9 +215,15 @@ def test_idempotency_key_still_running_is_409(gateway: GatewayProcess, stream: b
         lines = running.iter_lines()  # kept referenced: a collected iterator closes the stream
         next(lines)
         again = client.post("/v1/chat/completions", json={**body, "stream": stream})
-    assert again.status_code == 409
-    assert again.json()["error"]["code"] == "idempotency_key_in_use"
-    assert again.json()["error"]["param"] == "Idempotency-Key"
+    # While vLLM on CPU decodes it can stall this process for a second or more, long enough for the
+    # tiny model to finish all 900 tokens: then the retry is the finished original, replayed.
+    replayed = again.status_code == 200
+    if replayed:
+        assert again.headers["idempotent-replayed"] == "true"
+    else:
+        assert again.status_code == 409
+        assert again.json()["error"]["code"] == "idempotency_key_in_use"
+        assert again.json()["error"]["param"] == "Idempotency-Key"
     deadline = time.monotonic() + 60
     while True:
         records = query_db(
@@ -212,13 +235,15 @@ def test_idempotency_key_still_running_is_409(gateway: GatewayProcess, stream: b
             break
         assert time.monotonic() < deadline
         time.sleep(0.1)
-    # The original and the refused retry: one record each. The original was either cut off when the
-    # client left or, on an idle machine where the tiny model writes 900 tokens in under 2 s, had
-    # already run to its token limit; either way it holds the key and was billed what it generated.
-    assert len(records) == 2
+    # The original and the refused retry: one record each (a replay adds none). The original was
+    # either cut off when the client left or, on an idle machine where the tiny model writes 900
+    # tokens in under 2 s, had already run to its token limit; either way it holds the key and was
+    # billed what it generated.
+    assert len(records) == (1 if replayed else 2)
     original = next(r for r in records if r["status"] != "rejected")
-    assert [r["status"] for r in records].count("rejected") == 1
+    assert [r["status"] for r in records].count("rejected") == (0 if replayed else 1)
     assert original["idempotency_key"] == f"slow-{stream}"
+    assert not replayed or original["status"] == "length"
     if original["status"] == "length":
         assert original["completion_tokens"] == LONG_STREAM["max_tokens"]
     else:
