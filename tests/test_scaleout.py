@@ -224,7 +224,7 @@ def test_without_affinity_idle_replicas_share_concurrent_load(
             thread.start()
         for thread in threads:
             thread.join()
-    # The same conversation, four at once: least-in-flight puts some on each replica.
+    # The same conversation, four at once: least-in-flight (ties rotate) puts some on each replica.
     assert first.chat_requests > 0 and second.chat_requests > 0, (first.chat_requests, second.chat_requests)
 
 

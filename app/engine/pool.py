@@ -53,6 +53,7 @@ class UpstreamPool:
         self.max_model_len: dict[str, int] = {}
         self._task: asyncio.Task[None] | None = None
         self._changed = asyncio.Event()
+        self._turn = 0  # tie-break among the idlest replicas
 
     def add(self, url: str) -> Replica:
         replica = Replica(url.rstrip("/"))
@@ -128,7 +129,11 @@ class UpstreamPool:
             if model in self.known_models() or not self.known_models():
                 raise EngineUnavailable(f"No healthy engine is serving {model!r} right now; retry shortly.")
             raise NotFound(f"The model {model!r} does not exist", param="model", code="model_not_found")
-        idlest = min(candidates, key=lambda r: r.in_flight)
+        # Fewest in flight; ties rotate, so idle replicas share requests that never overlap too.
+        fewest = min(r.in_flight for r in candidates)
+        tied = [r for r in candidates if r.in_flight == fewest]
+        self._turn += 1
+        idlest = tied[self._turn % len(tied)]
         if affinity is None or len(candidates) == 1:
             return idlest
         # Rendezvous hashing: the same conversation prefers the same replica (prefix-cache reuse),
