@@ -6,9 +6,9 @@
 Upstream is the fast fake engine (`bench.fake_engine`), so the gateway's own work dominates. Both
 gateways authenticate with a real API key that has a budget, rpm and tpm, so "on" exercises every
 metering step of a request: rate-limit upsert, reservation + open record, checkpoints, settlement
-and the rate-window correction. "Off" is the same gateway started with `--no-metering`. Each round runs both sides, which one
-first alternating from round to round, to spread out the noise of a shared machine; each side's
-median is reported.
+and the rate-window correction. "Off" is the same gateway started with `--no-metering`. Each round
+runs both sides, which one first alternating from round to round, to spread out the noise of a
+shared machine; each side's median is reported.
 Results: a Markdown table on stdout and JSON in artifacts/bench/metering.json.
 """
 
