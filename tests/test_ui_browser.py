@@ -304,7 +304,12 @@ async def test_long_mode_streams_reasoning_then_the_answer(page: Page) -> None:
     # The user's click wins over the automatic collapse.
     await summary.click()
     await expect(panel).to_have_attribute("open", "")
-    await expect_shows(last_answer(page).locator(".reasoning-body"), sent.reasoning)
+    body = last_answer(page).locator(".reasoning-body")
+    await expect_shows(body, sent.reasoning)
+    # Reasoning written one step per line keeps its lines (not one run-on paragraph).
+    lines = [line for line in sent.reasoning.strip().splitlines() if line.strip()]
+    shown_lines = [line for line in (await body.inner_text()).splitlines() if line.strip()]
+    assert len(shown_lines) >= len(lines), (lines, shown_lines)
     await shot(page, "desktop-long-answer")
     await summary.click()
     await expect(panel).not_to_have_attribute("open", "")

@@ -43,13 +43,20 @@ const mathInline = {
     `<span class="math" data-display="${token.display}" data-tex="${escapeAttr(token.tex)}"></span>`,
 };
 
-const markdown = new Marked({ gfm: true, breaks: false });
-markdown.use({
-  extensions: [mathBlock, mathInline],
-  // Raw HTML in a model's output is shown as text, not interpreted: "<image>" or "<b>" stay
-  // visible as written (DOMPurify below is the second line of defence, not the only one).
-  renderer: { html: (token) => escapeHtml(token.text) },
-});
+function makeMarked(breaks) {
+  const marked = new Marked({ gfm: true, breaks });
+  marked.use({
+    extensions: [mathBlock, mathInline],
+    // Raw HTML in a model's output is shown as text, not interpreted: "<image>" or "<b>" stay
+    // visible as written (DOMPurify below is the second line of defence, not the only one).
+    renderer: { html: (token) => escapeHtml(token.text) },
+  });
+  return marked;
+}
+
+const markdown = makeMarked(false);
+// Reasoning is mostly plain text written one step per line: keep its line breaks.
+const reasoningMarkdown = makeMarked(true);
 
 // Links open in a new tab without a referrer; images are kept only when they are data URLs, so
 // the page never asks another host for anything (the CSP would block it anyway).
@@ -69,9 +76,10 @@ const PURIFY_OPTIONS = { FORBID_ATTR: ["style"], FORBID_TAGS: ["style", "form", 
  * Renders markdown `text` into `element`, replacing what it held.
  * @param {HTMLElement} element
  * @param {string} text
+ * @param {{ lineBreaks?: boolean }} [options] lineBreaks: a single newline is a line break (reasoning)
  */
-export function renderMarkdown(element, text) {
-  const html = markdown.parse(text);
+export function renderMarkdown(element, text, options = {}) {
+  const html = (options.lineBreaks ? reasoningMarkdown : markdown).parse(text);
   element.innerHTML = DOMPurify.sanitize(html, PURIFY_OPTIONS);
   for (const node of element.querySelectorAll(".math[data-tex]")) renderMath(node);
   for (const code of element.querySelectorAll("pre > code")) decorateCodeBlock(code);

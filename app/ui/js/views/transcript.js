@@ -252,7 +252,7 @@ class MessageView {
       if (this.rendered.reasoning !== m.reasoning) {
         const body = this.reasoningBody;
         const atEnd = body.scrollHeight - body.scrollTop - body.clientHeight < 40;
-        renderMarkdown(body, m.reasoning);
+        renderMarkdown(body, m.reasoning, { lineBreaks: true });
         this.rendered.reasoning = m.reasoning;
         if (atEnd) body.scrollTop = body.scrollHeight; // follow the tail while it streams
       }
