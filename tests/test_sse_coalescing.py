@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from app.api.responses import READ_AHEAD, _coalesced
+from app.api.responses import FLUSH, READ_AHEAD, _coalesced
 
 
 async def frames(
@@ -80,3 +80,19 @@ async def test_closing_the_writer_stops_the_producer() -> None:
     count = len(produced)
     await asyncio.sleep(0.02)
     assert len(produced) == count
+
+
+async def test_a_flush_waits_until_everything_before_it_was_written() -> None:
+    events: list[str] = []
+
+    async def with_flush() -> AsyncIterator[bytes]:
+        for i in range(5):
+            yield b"%d" % i
+        yield FLUSH
+        events.append("after flush")  # e.g. settling the request
+        yield b"end"
+
+    async for chunk in _coalesced(with_flush()):
+        events.append(f"wrote {chunk.decode()}")
+        await asyncio.sleep(0.01)  # a slow write
+    assert events == ["wrote 01234", "after flush", "wrote end"]

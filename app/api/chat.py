@@ -18,7 +18,7 @@ from starlette.responses import Response, StreamingResponse
 
 from app.api.deps import CurrentPrincipal, GatewayDep
 from app.api.protocol import ChatCompletionRequest
-from app.api.responses import DeferredJSONResponse, SSEResponse
+from app.api.responses import FLUSH, DeferredJSONResponse, SSEResponse
 from app.chat import PreparedChat, new_request_id, prepare_chat
 from app.errors import APIError, IdempotencyConflict, RateLimited, UpstreamError
 from app.gateway import Gateway
@@ -254,7 +254,9 @@ class Completion:
                 else UpstreamError(f"The engine failed mid-stream: {error}")
             )
             yield b"data: " + orjson.dumps(failure.body()) + b"\n\n"
-        # Settle before the stream ends, so a client that saw [DONE] reads its usage already recorded.
+        # Settle once the client has everything so far (one that left meanwhile is `aborted`), and
+        # before the stream ends, so a client that saw [DONE] reads its usage already recorded.
+        yield FLUSH
         await self.finish(disconnected=False)
         if include_usage:
             final = {

@@ -43,6 +43,9 @@ async def _race(work: Coroutine[Any, Any, Any], receive: Receive) -> bool:
 
 # Frames produced but not yet written before the producer waits (backpressure from a slow client).
 READ_AHEAD = 256
+# Yielded by a frames iterator: continue only once everything before it has been written to the
+# client (e.g. before settling a request: a client that left before the end is then seen as gone).
+FLUSH = b""
 
 
 async def _coalesced(frames: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
@@ -52,14 +55,20 @@ async def _coalesced(frames: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
     engine is ahead, everything that arrived while the previous write went out is sent in one go,
     one ASGI send and one socket write per burst instead of per token. Each loop turn waits for the
     producer at least once, so a client's disconnect is noticed even when the engine never waits.
+    A `FLUSH` from the frames holds the producer until everything before it has been written.
     """
     ready: list[bytes] = []
-    wake, space = asyncio.Event(), asyncio.Event()
+    wake, space, written = asyncio.Event(), asyncio.Event(), asyncio.Event()
     space.set()
 
     async def produce() -> None:
         try:
             async for frame in frames:
+                if frame is FLUSH or not frame:
+                    written.clear()
+                    wake.set()
+                    await written.wait()
+                    continue
                 ready.append(frame)
                 wake.set()
                 if len(ready) >= READ_AHEAD:
@@ -72,6 +81,7 @@ async def _coalesced(frames: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
     try:
         while True:
             if not ready and not producer.done():
+                written.set()  # all that was produced has been written (each yield returns after it)
                 await wake.wait()
             wake.clear()
             if ready:
