@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -93,6 +94,18 @@ def run_budget_case(gateways: list[GatewayProcess]) -> None:
     assert sum(row["requests"] for row in usage) == 200
 
 
+@contextlib.contextmanager
+def two_gateways(engine: Any, tmp_path: Path, database_url: str) -> Iterator[list[GatewayProcess]]:
+    """Two gateway processes sharing one database, as instances behind a load balancer."""
+    with contextlib.ExitStack() as stack:
+        yield [
+            stack.enter_context(
+                start_gateway(tmp_path / f"gw{i}", upstreams=[engine.url], database_url=database_url)
+            )
+            for i in range(2)
+        ]
+
+
 def test_budget_holds_under_concurrency_on_sqlite(engine: Any, tmp_path: Path) -> None:
     with start_gateway(tmp_path / "gw", upstreams=[engine.url]) as gateway:
         run_budget_case([gateway])
@@ -100,13 +113,7 @@ def test_budget_holds_under_concurrency_on_sqlite(engine: Any, tmp_path: Path) -
 
 @pytest.mark.postgres
 def test_budget_holds_across_two_gateways_on_postgres(engine: Any, tmp_path: Path, postgres_url: str) -> None:
-    with contextlib.ExitStack() as stack:
-        gateways = [
-            stack.enter_context(
-                start_gateway(tmp_path / f"gw{i}", upstreams=[engine.url], database_url=postgres_url)
-            )
-            for i in range(2)
-        ]
+    with two_gateways(engine, tmp_path, postgres_url) as gateways:
         run_budget_case(gateways)
 
 
@@ -119,13 +126,7 @@ def wait_for_fresh_minute(margin_s: float = 20.0) -> None:
 
 @pytest.mark.postgres
 def test_rpm_is_shared_by_two_gateways_on_postgres(engine: Any, tmp_path: Path, postgres_url: str) -> None:
-    with contextlib.ExitStack() as stack:
-        gateways = [
-            stack.enter_context(
-                start_gateway(tmp_path / f"gw{i}", upstreams=[engine.url], database_url=postgres_url)
-            )
-            for i in range(2)
-        ]
+    with two_gateways(engine, tmp_path, postgres_url) as gateways:
         key = gateways[0].create_key("five a minute", "--rpm", "5")
         wait_for_fresh_minute()
         results = asyncio.run(fire([g.base_url for g in gateways], key, total=12, concurrency=12))

@@ -26,7 +26,14 @@ from app.errors import IdempotencyConflict, QuotaExceeded
 from app.keys import Principal
 from app.metering.prices import TokenCounts, format_usd
 from app.metering.ratelimit import RateLimiter
-from app.metering.sqlite_writer import CheckpointOp, OpenOp, RecordOp, SettleOp, SqliteWriter
+from app.metering.sqlite_writer import (
+    CheckpointOp,
+    OpenOp,
+    RecordOp,
+    SettleOp,
+    SqliteWriter,
+    rejected_for_budget,
+)
 
 FINAL_STATUSES = ("completed", "length", "aborted", "engine_error", "rejected", "interrupted")
 
@@ -128,7 +135,7 @@ class Ledger:
                 fits, window = await self.writer.submit(op)
             else:
                 fits, window = await self._open(
-                    record, reserve_micros, has_row, now, limiter, principal, rate_tokens
+                    record, reserve_micros, has_row, limiter, principal, rate_tokens
                 )
         except IntegrityError:
             raise IdempotencyConflict(
@@ -150,7 +157,6 @@ class Ledger:
         record: dict[str, Any],
         reserve_micros: int,
         has_row: bool,
-        now: float,
         limiter: RateLimiter | None,
         principal: Principal,
         rate_tokens: int,
@@ -172,16 +178,7 @@ class Ledger:
                     .values(reserved_micros=api_keys.c.reserved_micros + reserve_micros)
                 )
                 if fits.rowcount == 0:
-                    rejected = {**record, "idempotency_key": None}
-                    await conn.execute(
-                        insert(usage_records).values(
-                            **rejected,
-                            status="rejected",
-                            settled_at=now,
-                            duration_ms=0.0,
-                            error="insufficient_quota",
-                        )
-                    )
+                    await conn.execute(insert(usage_records).values(**rejected_for_budget(record)))
                     return False, None
             window = None if limiter is None else await limiter.admit(principal, rate_tokens, conn)
             await conn.execute(
@@ -300,17 +297,7 @@ class Ledger:
         closed = await conn.execute(
             update(usage_records)
             .where(usage_records.c.id == handle.request_id, usage_records.c.status == "open")
-            .values(
-                status=outcome.status,
-                finish_reason=outcome.finish_reason,
-                error=outcome.error,
-                cost_micros=outcome.cost_micros,
-                settled_at=now,
-                ttft_ms=outcome.ttft_ms,
-                duration_ms=(now - handle.started) * 1000,
-                response_json=response_json,
-                **_count_columns(outcome.counts),
-            )
+            .values(**_close_values(handle, outcome, response_json, now))
         )
         if closed.rowcount == 0:
             return False
@@ -386,11 +373,11 @@ class Ledger:
         return True
 
 
-def _settle_op(
-    handle: OpenRequest, outcome: Outcome, response_json: str | None, limiter: RateLimiter | None
-) -> SettleOp:
-    now = time.time()
-    values = {
+def _close_values(
+    handle: OpenRequest, outcome: Outcome, response_json: str | None, now: float
+) -> dict[str, Any]:
+    """The columns that close an open usage record (both ledger paths)."""
+    return {
         "status": outcome.status,
         "finish_reason": outcome.finish_reason,
         "error": outcome.error,
@@ -401,6 +388,12 @@ def _settle_op(
         "response_json": response_json,
         **_count_columns(outcome.counts),
     }
+
+
+def _settle_op(
+    handle: OpenRequest, outcome: Outcome, response_json: str | None, limiter: RateLimiter | None
+) -> SettleOp:
+    values = _close_values(handle, outcome, response_json, time.time())
     rate = None
     principal = handle.principal
     if limiter is not None and principal is not None and principal.tpm is not None:

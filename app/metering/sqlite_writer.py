@@ -70,19 +70,34 @@ _LOOKUP_KEY = (
     "WHERE secret_hash = :secret_hash AND revoked_at IS NULL"
 )
 _RECORD_COLUMNS = tuple(c.name for c in usage_records.columns)
+_INSERT_RECORD = (
+    f"INSERT INTO usage_records ({', '.join(_RECORD_COLUMNS)}) "
+    f"VALUES ({', '.join(':' + c for c in _RECORD_COLUMNS)})"
+)
+# What a column not given (or given as None) takes: the table's default (0 counts), else NULL.
+_RECORD_DEFAULTS: dict[str, Any] = {
+    c.name: None if c.default is None else c.default.arg  # type: ignore[attr-defined]
+    for c in usage_records.columns
+}
 
 
 def _insert_record(con: sqlite3.Connection, record: dict[str, Any]) -> None:
     """INSERT a usage record; columns not given take the table's defaults (0 counts, NULLs)."""
-    row = {c: record.get(c) for c in _RECORD_COLUMNS}
-    for column in usage_records.columns:
-        if row[column.name] is None and column.default is not None:
-            row[column.name] = column.default.arg  # type: ignore[attr-defined]
-    con.execute(
-        f"INSERT INTO usage_records ({', '.join(_RECORD_COLUMNS)}) "
-        f"VALUES ({', '.join(':' + c for c in _RECORD_COLUMNS)})",
-        row,
-    )
+    row = dict(_RECORD_DEFAULTS)
+    row.update((name, value) for name, value in record.items() if value is not None and name in row)
+    con.execute(_INSERT_RECORD, row)
+
+
+def rejected_for_budget(record: dict[str, Any]) -> dict[str, Any]:
+    """The `rejected` record of a request whose reservation did not fit (both ledger paths)."""
+    return {
+        **record,
+        "idempotency_key": None,
+        "status": "rejected",
+        "settled_at": record["created_at"],
+        "duration_ms": 0.0,
+        "error": "insufficient_quota",
+    }
 
 
 @dataclass(slots=True)
@@ -101,17 +116,7 @@ class OpenOp:
         if self.has_row:
             fits = con.execute(_RESERVE, {"key_id": record["key_id"], "amount": self.reserve_micros})
             if fits.rowcount == 0:
-                _insert_record(
-                    con,
-                    {
-                        **record,
-                        "idempotency_key": None,
-                        "status": "rejected",
-                        "settled_at": now,
-                        "duration_ms": 0.0,
-                        "error": "insufficient_quota",
-                    },
-                )
+                _insert_record(con, rejected_for_budget(record))
                 return False, None
         window = None
         if self.limited and (self.principal.rpm is not None or self.principal.tpm is not None):
