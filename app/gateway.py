@@ -14,6 +14,7 @@ from app.config import Settings
 from app.db.engine import create_engine, migrate, sqlite_file
 from app.engine.launcher import EmbeddedEngine
 from app.engine.pool import UpstreamPool
+from app.engine.transport import EngineTransport
 from app.keys import KeyStore
 from app.media import ImageLimits
 from app.metering.ledger import Ledger
@@ -48,14 +49,6 @@ class Gateway:
         profiles = ProfileRegistry.from_dir(settings.models_dir / "profiles")
         if settings.prices_file is not None:
             profiles = apply_price_file(profiles, settings.prices_file)
-        # One pooled client for the engine: keep-alive connections, no read timeout while a model
-        # thinks (the engine's own limits bound generation), a connect timeout to fail over fast.
-        client = httpx.AsyncClient(
-            timeout=httpx.Timeout(settings.upstream_timeout_s, connect=5.0),
-            limits=httpx.Limits(max_connections=1000, max_keepalive_connections=200),
-            follow_redirects=False,
-            trust_env=False,
-        )
         db = create_engine(settings.database_url)
         # On SQLite the per-request ledger writes are batched on their own thread (see sqlite_writer).
         database_file = sqlite_file(settings.database_url)
@@ -78,6 +71,17 @@ class Gateway:
                 startup_timeout_s=settings.engine_startup_timeout_s,
             )
             upstreams = [engine.url]
+        # One pooled client for the engines: keep-alive connections, no read timeout while a model
+        # thinks (the engine's own limits bound generation), a connect timeout to fail over fast.
+        # Plain-http engines go through the lean transport (app/engine/transport.py).
+        fast = EngineTransport()
+        client = httpx.AsyncClient(
+            timeout=httpx.Timeout(settings.upstream_timeout_s, connect=5.0),
+            limits=httpx.Limits(max_connections=1000, max_keepalive_connections=200),
+            follow_redirects=False,
+            trust_env=False,
+            mounts={_origin(url): fast for url in upstreams if url.startswith("http://")},
+        )
         media = MediaPolicy(
             ImageLimits(
                 max_bytes=settings.max_image_bytes,
@@ -132,3 +136,10 @@ class Gateway:
             await self.engine.stop()
         await self.client.aclose()
         await self.ledger.close()
+
+
+def _origin(url: str) -> str:
+    """The mount pattern of an engine URL: scheme, host and port (httpx drops a default port)."""
+    parsed = httpx.URL(url)
+    port = f":{parsed.port}" if parsed.port is not None else ""
+    return f"{parsed.scheme}://{parsed.host}{port}"

@@ -189,6 +189,27 @@ def test_invalid_json_is_a_400(client: httpx.Client) -> None:
     assert response.json()["error"]["code"] == "invalid_json"
 
 
+def test_an_empty_body_and_an_overlong_idempotency_key_are_400s_naming_the_field(
+    client: httpx.Client,
+) -> None:
+    empty = client.post("/v1/chat/completions", content=b"", headers={"content-type": "application/json"})
+    assert empty.status_code == 400 and empty.json()["error"]["code"] == "invalid_json"
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
+    long_key = client.post("/v1/chat/completions", json=body, headers={"Idempotency-Key": "k" * 201})
+    assert long_key.status_code == 400, long_key.text
+    assert long_key.json()["error"]["param"] == "Idempotency-Key"
+
+
+def test_an_unknown_caller_learns_nothing_about_the_body(gateway: GatewayProcess) -> None:
+    """Authentication comes before validation: a bad body from a wrong key is a 401, not a 400."""
+    response = httpx.post(
+        f"{gateway.base_url}/v1/chat/completions",
+        content=b"{not json",
+        headers={"Authorization": "Bearer tg-nope"},
+    )
+    assert response.status_code == 401 and response.json()["error"]["code"] == "invalid_api_key"
+
+
 def test_wrong_and_revoked_keys_are_refused(gateway: GatewayProcess) -> None:
     body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
     wrong = httpx.post(

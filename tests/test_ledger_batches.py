@@ -3,12 +3,14 @@
 Many requests opened at the same moment land in one batch (one transaction). Each must still behave
 as if it had had a transaction of its own: a refused one (budget, rate limit, a duplicate
 Idempotency-Key) leaves nothing reserved or counted behind, and does not undo the others. Every test
-runs once on each path; both must leave the same ledger.
+runs on each path (batched, written inline on a quiet gateway, SQLAlchemy); all must leave the same
+ledger.
 """
 
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -55,12 +57,15 @@ class Books:
         return sorted(str(r["status"]) for r in query_db(self.url, "SELECT status FROM usage_records"))
 
 
-@pytest.fixture(params=["batched", "sqlalchemy"])
+@pytest.fixture(params=["batched", "inline", "sqlalchemy"])
 async def books(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Books]:
+    """`batched`: every op through a batch on the writer thread (concurrent ones share one);
+    `inline`: as the gateway runs, ops written at once on the loop whenever the writer is idle."""
     url = f"sqlite:///{tmp_path / 'ledger.db'}"
     await migrate(url)
     db = create_engine(url)
-    writer = SqliteWriter(str(tmp_path / "ledger.db")) if request.param == "batched" else None
+    path = str(tmp_path / "ledger.db")
+    writer = None if request.param == "sqlalchemy" else SqliteWriter(path, inline=request.param == "inline")
     ledger = Ledger(db, "instance-1", lambda model, mode, counts: counts.completion, writer)
     yield Books(url, ledger, KeyStore(db, writer), RateLimiter(db))
     await ledger.close()
@@ -122,3 +127,46 @@ async def test_checkpoints_and_revocation_are_seen_at_once(books: Books) -> None
 
     assert await books.keys.revoke(principal.key_id)
     assert await books.keys.authenticate(secret) is None
+
+
+async def test_a_quiet_gateway_writes_at_once_and_a_held_lock_never_blocks_the_loop(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    await migrate(url)
+    db = create_engine(url)
+    writer = SqliteWriter(str(tmp_path / "ledger.db"))
+    books = Books(
+        url,
+        Ledger(db, "instance-1", lambda m, mode, c: c.completion, writer),
+        KeyStore(db, writer),
+        RateLimiter(db),
+    )
+    principal = await books.key(KeyLimits(budget_micros=1000))
+    try:
+        await books.open(principal, 1, 100)
+        assert writer._flusher is None  # written on the loop: no batch, no thread hand-off
+
+        # Another connection (another process, an admin write) holds the write lock for a while:
+        # the next op must wait for it on the writer thread, with the event loop free meanwhile.
+        other = sqlite3.connect(tmp_path / "ledger.db", isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+        ticks = 0
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.01)
+                ticks += 1
+
+        ticking = asyncio.create_task(ticker())
+        opening = asyncio.create_task(books.open(principal, 2, 100))
+        await asyncio.sleep(0.3)
+        assert not opening.done() and ticks >= 10  # waiting, and the loop kept running
+        other.execute("COMMIT")
+        other.close()
+        handle = await asyncio.wait_for(opening, 10)
+        ticking.cancel()
+        assert handle.request_id == "req-2"
+        assert books.key_row(principal)["reserved_micros"] == 200
+        assert books.statuses() == ["open", "open"]
+    finally:
+        await books.ledger.close()

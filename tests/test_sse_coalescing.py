@@ -35,13 +35,20 @@ async def collect(source: AsyncIterator[bytes]) -> list[bytes]:
 async def test_frames_ready_together_are_written_together_in_order() -> None:
     writes = await collect(frames(300))
     assert b"".join(writes) == expected(300)
-    assert len(writes) <= 300 // READ_AHEAD + 2  # bursts, not one write per frame
+    assert len(writes) <= 300 // READ_AHEAD + 3  # bursts, not one write per frame
+
+
+async def test_the_first_frame_is_not_held_back_by_its_burst() -> None:
+    writes = await collect(frames(300))
+    assert writes[0] == expected(1)  # time to first token: written before the rest is read
 
 
 async def test_frames_that_arrive_apart_are_written_as_they_come() -> None:
     writes = await collect(frames(40, pause_every=10))
     assert b"".join(writes) == expected(40)
-    assert len(writes) == 4  # one burst of 10 between each wait
+    # The first frame alone, then one burst for the rest of each ten between waits.
+    assert writes[0] == expected(1)
+    assert len(writes) == 5
 
 
 async def test_an_error_of_the_frames_reaches_the_writer_after_what_came_before() -> None:
@@ -95,4 +102,4 @@ async def test_a_flush_waits_until_everything_before_it_was_written() -> None:
     async for chunk in _coalesced(with_flush()):
         events.append(f"wrote {chunk.decode()}")
         await asyncio.sleep(0.01)  # a slow write
-    assert events == ["wrote 01234", "after flush", "wrote end"]
+    assert events == ["wrote 0", "wrote 1234", "after flush", "wrote end"]

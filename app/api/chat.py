@@ -9,25 +9,58 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, Header
+from fastapi import APIRouter, Header, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
+from pydantic import ValidationError
 from starlette.responses import Response, StreamingResponse
 
-from app.api.deps import CurrentPrincipal, GatewayDep
+from app.api.deps import CurrentPrincipal, GatewayDep, get_principal
 from app.api.protocol import ChatCompletionRequest
 from app.api.responses import FLUSH, DeferredJSONResponse, SSEResponse
 from app.chat import PreparedChat, new_request_id, prepare_chat
-from app.errors import APIError, IdempotencyConflict, RateLimited, UpstreamError
+from app.errors import APIError, IdempotencyConflict, InvalidRequest, RateLimited, UpstreamError
 from app.gateway import Gateway
 from app.keys import Principal
 from app.metering.ledger import OpenRequest, Outcome
 from app.metering.prices import cost_micros, format_usd, to_usd, worst_case_micros
 from app.relay import ChatRun, EngineFailure
 
-router = APIRouter()
+MAX_IDEMPOTENCY_KEY = 200
+
+
+class _ChatRoute(APIRoute):
+    """The chat route without FastAPI's per-request machinery (dependency solving, its own body
+    parsing), a measurable share of a request's latency on the hot path. The endpoint's signature
+    below still documents the route in the OpenAPI schema; `_handle` does the same work by hand:
+    the same model and the same errors (pydantic's, raised as FastAPI's validation error)."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        return _handle
+
+
+async def _handle(request: Request) -> Response:
+    gateway: Gateway = request.app.state.gateway
+    principal = await get_principal(request, gateway)  # who is asking comes first: 401 before 400
+    try:
+        body = ChatCompletionRequest.model_validate_json(await request.body())
+    except ValidationError as exc:
+        raise RequestValidationError(exc.errors(include_url=False)) from None
+    idempotency_key = request.headers.get("idempotency-key")
+    if idempotency_key is not None and len(idempotency_key) > MAX_IDEMPOTENCY_KEY:
+        raise InvalidRequest(
+            f"The Idempotency-Key header is longer than {MAX_IDEMPOTENCY_KEY} characters.",
+            param="Idempotency-Key",
+        )
+    response: Response = await Completion(gateway, principal, body, idempotency_key).respond()
+    return response
+
+
+router = APIRouter(route_class=_ChatRoute)
 
 ERROR_SCHEMA = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
@@ -59,8 +92,9 @@ async def create_chat_completion(
     body: ChatCompletionRequest,
     principal: CurrentPrincipal,
     gateway: GatewayDep,
-    idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
+    idempotency_key: Annotated[str | None, Header(max_length=MAX_IDEMPOTENCY_KEY)] = None,
 ) -> Any:
+    """Documentation only: requests are served by `_handle` (see `_ChatRoute`)."""
     return await Completion(gateway, principal, body, idempotency_key).respond()
 
 

@@ -1,0 +1,261 @@
+"""A lean HTTP/1.1 transport for httpx, mounted for the gateway's own engines (the hot path).
+
+httpx's default transport (httpcore + h11) was the largest cost in a profile of the relay: on every
+request its pool polls each idle connection's socket, and h11 parses the chunked body in pure Python,
+per token. This transport keeps httpx's API (requests, responses, timeouts, exceptions) and does the
+work with asyncio protocols and httptools' C parser (already here: uvicorn serves with it).
+
+It is mounted only for the configured engine origins over plain http; anything else (an https engine,
+image fetches) goes through httpx's default transport. What it does:
+- keep-alive connections per origin, most recently used first; one the engine closed while idle is
+  dropped as soon as its end is read, and a request on a reused connection that the engine closed
+  before answering is sent once more on a new connection (the keep-alive race every client has);
+- a response body that is closed before its end closes the connection: that is how the engine
+  learns that the client left, and stops generating;
+- the body is read in whatever pieces arrived together (several SSE events at once when the engine
+  is ahead), with back-pressure: reading pauses while more than `HIGH_WATER` bytes wait.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections import deque
+from collections.abc import AsyncIterator
+from typing import cast
+
+import httptools
+import httpx
+
+HIGH_WATER = 1 << 20  # bytes received but not yet read before the socket stops being read
+MAX_IDLE = 200  # idle keep-alive connections kept per origin
+
+
+class _Connection(asyncio.Protocol):
+    """One TCP connection and the response being read on it (httptools calls the on_* methods)."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.lost = False
+        self.error: httpx.TransportError | None = None
+        self._parser = httptools.HttpResponseParser(self)
+        self._reset()
+
+    def _reset(self) -> None:
+        self.status = 0
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.head_done = False
+        self.complete = False
+        self.keep_alive = False
+        self.received_any = False
+        self._body: deque[bytes] = deque()
+        self._buffered = 0
+        self._paused = False
+        self._event = asyncio.Event()
+
+    def send_request(self, head: bytes, body: bytes) -> None:
+        assert self.transport is not None
+        self._reset()
+        self._parser = httptools.HttpResponseParser(self)
+        if len(body) < 65536:
+            self.transport.write(head + body)  # one segment for the usual small JSON body
+        else:
+            self.transport.write(head)
+            self.transport.write(body)
+
+    # -- asyncio.Protocol ----------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass, only alike
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def data_received(self, data: bytes) -> None:
+        self.received_any = True
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self._fail(httpx.RemoteProtocolError(f"invalid HTTP response from the engine: {exc}"))
+            self.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        if not self.complete:
+            if not self.received_any:
+                self._fail(httpx.RemoteProtocolError("Server disconnected without sending a response."))
+            else:
+                self._fail(
+                    httpx.RemoteProtocolError("peer closed connection without sending complete message body")
+                )
+        self._event.set()
+
+    # -- httptools callbacks ---------------------------------------------------------------------------
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        self.status = self._parser.get_status_code()
+        self.head_done = True
+        self._event.set()
+
+    def on_body(self, body: bytes) -> None:
+        self._body.append(body)
+        self._buffered += len(body)
+        if self._buffered > HIGH_WATER and not self._paused and self.transport is not None:
+            self._paused = True
+            self.transport.pause_reading()
+        self._event.set()
+
+    def on_message_complete(self) -> None:
+        self.complete = True
+        self.keep_alive = self._parser.should_keep_alive()  # only valid in the callback (llhttp)
+        self._event.set()
+
+    # -- used by the transport -------------------------------------------------------------------------
+
+    def _fail(self, error: httpx.TransportError) -> None:
+        if self.error is None:
+            self.error = error
+        self._event.set()
+
+    async def wait_head(self, timeout: float | None) -> None:
+        while not self.head_done:
+            if self.error is not None:
+                raise self.error
+            await self._wait(timeout)
+
+    async def read(self, timeout: float | None) -> bytes | None:
+        """All the body that has arrived (waiting for some), or None at its end."""
+        while not self._body:
+            if self.complete:
+                return None
+            if self.error is not None:
+                raise self.error
+            await self._wait(timeout)
+        piece = self._body[0] if len(self._body) == 1 else b"".join(self._body)
+        self._body.clear()
+        self._buffered = 0
+        if self._paused and self.transport is not None and not self.lost:
+            self._paused = False
+            self.transport.resume_reading()
+        return piece
+
+    async def _wait(self, timeout: float | None) -> None:
+        self._event.clear()
+        try:
+            async with asyncio.timeout(timeout):
+                await self._event.wait()
+        except TimeoutError:
+            raise httpx.ReadTimeout("timed out reading from the engine") from None
+
+    @property
+    def reusable(self) -> bool:
+        return self.complete and self.keep_alive and not self.lost and self.error is None
+
+    def close(self) -> None:
+        if self.transport is not None and not self.lost:
+            self.transport.close()
+        self.lost = True
+
+
+class _Body(httpx.AsyncByteStream):
+    def __init__(
+        self, transport: EngineTransport, origin: tuple[str, int], conn: _Connection, timeout: float | None
+    ) -> None:
+        self._transport = transport
+        self._origin = origin
+        self._conn: _Connection | None = conn
+        self._timeout = timeout
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        conn = self._conn
+        if conn is None:
+            raise httpx.StreamClosed()
+        while (piece := await conn.read(self._timeout)) is not None:
+            yield piece
+        self._release()
+
+    def _release(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            self._transport.release(self._origin, conn)
+
+    async def aclose(self) -> None:
+        self._release()  # not read to the end: the connection is closed, and the engine stops
+
+
+class EngineTransport(httpx.AsyncBaseTransport):
+    """httpx transport over asyncio + httptools, for http:// engine origins (see the module doc)."""
+
+    def __init__(self, max_idle: int = MAX_IDLE) -> None:
+        self._idle: dict[tuple[str, int], list[_Connection]] = {}
+        self._max_idle = max_idle
+        self._closed = False
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        url = request.url
+        if url.scheme != "http" or request.method == "HEAD":
+            raise httpx.UnsupportedProtocol(f"EngineTransport serves http:// GET/POST only, not {url}")
+        origin = (url.host, url.port or 80)
+        timeouts = request.extensions.get("timeout", {})
+        head, body = _head(request), await request.aread()
+        for attempt in range(2):
+            conn, reused = await self._acquire(origin, timeouts.get("connect"))
+            try:
+                conn.send_request(head, body)
+                await conn.wait_head(timeouts.get("read"))
+            except httpx.RemoteProtocolError:
+                conn.close()
+                if reused and not conn.received_any and attempt == 0:
+                    continue  # the engine had closed this idle connection: once more on a new one
+                raise
+            except BaseException:
+                conn.close()
+                raise
+            return httpx.Response(
+                conn.status,
+                headers=conn.headers,
+                stream=_Body(self, origin, conn, timeouts.get("read")),
+                extensions={"http_version": b"HTTP/1.1"},
+            )
+        raise AssertionError("unreachable")
+
+    async def _acquire(self, origin: tuple[str, int], timeout: float | None) -> tuple[_Connection, bool]:
+        idle = self._idle.get(origin)
+        while idle:
+            conn = idle.pop()
+            if not conn.lost:
+                return conn, True
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(timeout):
+                _, conn = await loop.create_connection(_Connection, origin[0], origin[1])
+        except TimeoutError:
+            raise httpx.ConnectTimeout(f"timed out connecting to {origin[0]}:{origin[1]}") from None
+        except OSError as exc:
+            raise httpx.ConnectError(f"{exc.strerror or exc} ({origin[0]}:{origin[1]})") from exc
+        return conn, False
+
+    def release(self, origin: tuple[str, int], conn: _Connection) -> None:
+        idle = self._idle.setdefault(origin, [])
+        if conn.reusable and not self._closed and len(idle) < self._max_idle:
+            idle.append(conn)
+        else:
+            conn.close()
+
+    async def aclose(self) -> None:
+        self._closed = True
+        for idle in self._idle.values():
+            for conn in idle:
+                conn.close()
+        self._idle.clear()
+
+
+def _head(request: httpx.Request) -> bytes:
+    lines = [request.method.encode() + b" " + request.url.raw_path + b" HTTP/1.1"]
+    lines.extend(name + b": " + value for name, value in request.headers.raw)
+    return b"\r\n".join(lines) + b"\r\n\r\n"
