@@ -6,8 +6,9 @@ Why not SQLAlchemy here: through aiosqlite every statement is a thread round tri
 per-statement work on the event loop, which made the ledger cost a fifth of the gateway's throughput
 (see `bench/metering.py`). Here the event loop only queues an operation and awaits one future; the
 statements run back to back in C on the writer thread, and the commit (WAL, synchronous=NORMAL, no
-fsync) is paid once per batch. On a quiet gateway (nothing queued, no batch being written) an op is
-written at once on the event loop instead, if the database lock is free: see `SqliteWriter._inline`.
+fsync) is paid once per batch. While the lock is free and the thread idle, the batch (every op
+queued in one loop turn) is written on the event loop itself, sparing two thread hand-offs per op:
+see `SqliteWriter._write_on_loop`.
 
 Each operation runs inside its own SAVEPOINT, so one refused operation (rate limit, duplicate
 Idempotency-Key) is undone alone, exactly as if it had had its own transaction, while the rest of the
@@ -18,6 +19,7 @@ both connections share the database file under SQLite's own locking.
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -30,6 +32,8 @@ from app.metering.ratelimit import current_window, refusal_for
 
 if TYPE_CHECKING:
     from app.keys import Principal
+
+log = logging.getLogger("thinkgate")
 
 _RESERVE = """
 UPDATE api_keys SET reserved_micros = reserved_micros + :amount
@@ -207,79 +211,96 @@ Op = OpenOp | SettleOp | CheckpointOp | RecordOp | KeyLookupOp
 
 
 class SqliteWriter:
-    """Batches hot-path statements into one transaction per batch on one thread (see the module doc)."""
+    """Hot-path statements in batches, one transaction each: on the event loop while the database
+    lock is free, on the writer thread when it is not (see the module doc)."""
 
     def __init__(
         self, path: str, connect: Callable[[str], sqlite3.Connection] | None = None, *, inline: bool = True
     ) -> None:
         self.path = path
-        self.inline = inline  # False: every op goes through a batch (tests of batches use it)
+        self.inline = inline  # False: every batch goes to the writer thread (tests of that path)
         self._connect = connect or _connect
         self._con: sqlite3.Connection | None = None  # the writer thread's
-        self._inline_con: sqlite3.Connection | None = None  # the event loop's (see `_inline`)
+        self._loop_con: sqlite3.Connection | None = None  # the event loop's (see `_write_on_loop`)
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="thinkgate-ledger")
-        self._pending: list[tuple[Op, asyncio.Future[Any]]] = []
+        self._loop_batch: list[tuple[Op, asyncio.Future[Any]]] = []
+        self._pending: list[tuple[Op, asyncio.Future[Any]]] = []  # for the writer thread
         self._flusher: asyncio.Task[None] | None = None
 
     async def submit(self, op: Op) -> Any:
         """Queue `op` for the next batch; its result, or the error it raised."""
-        if self.inline and not self._pending and (self._flusher is None or self._flusher.done()):
-            result = self._inline(op)
-            if result is not _BUSY:
-                if isinstance(result, Exception):
-                    raise result
-                return result
-        done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[Any] = loop.create_future()
+        if self.inline and not self._thread_busy():
+            self._loop_batch.append((op, done))
+            if len(self._loop_batch) == 1:
+                loop.call_soon(self._write_on_loop)  # with every op queued in this loop turn
+        else:
+            self._to_thread(op, done)
+        # Shielded: a request cancelled while waiting (client gone) must not lose its write.
+        return await asyncio.shield(done)
+
+    def _thread_busy(self) -> bool:
+        return bool(self._pending) or (self._flusher is not None and not self._flusher.done())
+
+    def _to_thread(self, op: Op, done: asyncio.Future[Any]) -> None:
         self._pending.append((op, done))
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush(), name="thinkgate-ledger-flush")
-        # Shielded: a request cancelled while waiting (client gone) must not lose its write.
-        return await asyncio.shield(done)
+
+    def _write_on_loop(self) -> None:
+        """The ops queued in one loop turn, in one transaction on the event loop: a small WAL commit
+        (no fsync) costs less than the two thread hand-offs it saves, which were most of the
+        ledger's share of a request's latency. It never waits for the database lock: if another
+        connection holds it, or the writer thread is busy, the batch goes to the writer thread."""
+        batch, self._loop_batch = self._loop_batch, []
+        if self._thread_busy():
+            for op, done in batch:
+                self._to_thread(op, done)
+            return
+        try:
+            results = _transaction(self._loop_connection(), [op for op, _ in batch])
+        except sqlite3.OperationalError as error:
+            if error.sqlite_errorcode in _LOCKED:
+                for op, done in batch:
+                    self._to_thread(op, done)
+                return
+            results = [error] * len(batch)
+        except Exception as error:  # a callback: every waiting request must still get an answer
+            results = [error] * len(batch)
+        _resolve(batch, results)
+
+    def _loop_connection(self) -> sqlite3.Connection:
+        if self._loop_con is None:
+            self._loop_con = self._connect(self.path)
+            # Never wait for the lock here. SQLite's own WAL checkpoint (every 1,000 pages) stays
+            # on: a commit now and then copies ~4 MB back (a few ms); without it the WAL grows by
+            # ~27 KB a request (a checkpoint on the thread did not keep up: its RESTART raced these
+            # writes).
+            self._loop_con.execute("PRAGMA busy_timeout=0")
+        return self._loop_con
 
     async def _flush(self) -> None:
         loop = asyncio.get_running_loop()
         while self._pending:
             batch, self._pending = self._pending, []
-            ops = [op for op, _ in batch]
             try:
-                results = await loop.run_in_executor(self._thread, self._write, ops)
+                results = await loop.run_in_executor(self._thread, self._write, [op for op, _ in batch])
             except BaseException as error:  # the whole transaction failed (e.g. database locked)
-                for _, done in batch:
-                    if not done.done():
-                        done.set_exception(error)
+                _resolve(batch, [error] * len(batch))
                 if not isinstance(error, Exception):
                     raise
                 continue
-            for (_, done), result in zip(batch, results, strict=True):
-                if done.done():
-                    continue
-                if isinstance(result, Exception):
-                    done.set_exception(result)
-                else:
-                    done.set_result(result)
+            _resolve(batch, results)
 
     def _write(self, ops: list[Op]) -> list[Any]:
         """On the writer thread: the batch in one transaction."""
+        return _transaction(self._thread_connection(), ops)
+
+    def _thread_connection(self) -> sqlite3.Connection:
         if self._con is None:
             self._con = self._connect(self.path)
-        return _transaction(self._con, ops)
-
-    def _inline(self, op: Op) -> Any:
-        """The op written at once on the event loop, when no batch is waiting or being written (a
-        quiet gateway): a single small WAL commit costs less than the two thread hand-offs, which
-        are most of the ledger's share of a request's latency. It never waits for the database lock:
-        if another connection holds it, `_BUSY`, and the op goes to the writer thread instead.
-        Checkpoints are left to the other connections, so a commit here never copies the WAL."""
-        if self._inline_con is None:
-            self._inline_con = self._connect(self.path)
-            self._inline_con.execute("PRAGMA busy_timeout=0")
-            self._inline_con.execute("PRAGMA wal_autocheckpoint=0")
-        try:
-            return _transaction(self._inline_con, [op])[0]
-        except sqlite3.OperationalError as error:
-            if error.sqlite_errorcode in _LOCKED:
-                return _BUSY
-            raise
+        return self._con
 
     async def close(self) -> None:
         if self._flusher is not None:
@@ -288,15 +309,23 @@ class SqliteWriter:
         self._thread.shutdown(wait=True)
 
     def _close_connection(self) -> None:
-        if self._con is not None:
-            self._con.close()
-            self._con = None
-        if self._inline_con is not None:
-            self._inline_con.close()
-            self._inline_con = None
+        for con in (self._con, self._loop_con):
+            if con is not None:
+                con.close()
+        self._con = self._loop_con = None
 
 
-_BUSY = object()  # `_inline`: the database lock is held elsewhere
+def _resolve(batch: list[tuple[Op, asyncio.Future[Any]]], results: list[Any]) -> None:
+    for (_, done), result in zip(batch, results, strict=True):
+        if done.done():
+            continue
+        if isinstance(result, BaseException):
+            done.set_exception(result)
+        else:
+            done.set_result(result)
+
+
+BUSY_TIMEOUT_MS = 10_000
 _LOCKED = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
 
 
@@ -326,5 +355,5 @@ def _connect(path: str) -> sqlite3.Connection:
     con = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     con.execute("PRAGMA journal_mode=WAL")
     con.execute("PRAGMA synchronous=NORMAL")
-    con.execute("PRAGMA busy_timeout=10000")
+    con.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
     return con
