@@ -87,7 +87,8 @@ def test_disconnect_stops_the_engine_and_bills_what_was_generated(
     # without the gateway too), so the engine may have finished the whole answer before the
     # client's hang-up could reach it. Such a round proves
     # nothing about aborting (the answer is simply complete); another round is run.
-    for _ in range(8):
+    for _ in range(12):
+        wait_until(lambda: engine_counter(engine, "vllm:num_requests_running") == 0)
         generated_before = engine_counter(engine, "vllm:generation_tokens_total")
         request_id, seen_tokens = leave_after(gateway, 40)
         # The connection is closed here, mid-answer: how far had the engine got at that moment?
