@@ -25,20 +25,35 @@ async def _wait_disconnect(receive: Receive) -> None:
 
 
 async def _race(work: Coroutine[Any, Any, Any], receive: Receive) -> bool:
-    """Run `work` until it ends or the client leaves; True if the client left (work cancelled)."""
-    task = asyncio.ensure_future(work)
+    """Run `work` until it ends or the client leaves; True if the client left (work cancelled).
+
+    The work runs in the calling task (no task of its own per request, no `asyncio.wait`); a
+    watcher task cancels the caller when `http.disconnect` arrives, and that cancellation, and only
+    that one, is turned into the True result."""
+    current = asyncio.current_task()
+    assert current is not None
+    left, running = False, True
+
+    def on_disconnect(watcher: asyncio.Future[None]) -> None:
+        nonlocal left
+        if running and not watcher.cancelled() and watcher.exception() is None:
+            left = True
+            current.cancel()
+
     watcher = asyncio.ensure_future(_wait_disconnect(receive))
+    watcher.add_done_callback(on_disconnect)
     try:
-        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        await work
+    except asyncio.CancelledError:
+        if not left:
+            raise
+        current.uncancel()
+        return True
     finally:
+        running = False
+        watcher.remove_done_callback(on_disconnect)
         watcher.cancel()
-    if task.done():
-        task.result()  # re-raise the work's own error
-        return False
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError, OSError):
-        await task
-    return True
+    return False
 
 
 # Frames produced but not yet written before the producer waits (backpressure from a slow client).
