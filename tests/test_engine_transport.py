@@ -91,6 +91,17 @@ async def test_content_length_bodies_and_error_statuses_come_through() -> None:
         assert response.json()["error"]["param"] == "messages"
 
 
+async def test_a_body_that_ends_with_the_connection_is_complete() -> None:
+    async def http10_style(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\nall of it")
+        await writer.drain()
+
+    async with server(http10_style) as (origin, _), client(origin) as http:
+        response = await http.get(f"{origin}/health")
+        assert (response.status_code, response.content) == (200, b"all of it")
+
+
 async def test_a_response_closed_early_closes_its_connection() -> None:
     engine_saw_hangup = asyncio.Event()
 

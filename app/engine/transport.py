@@ -46,6 +46,7 @@ class _Connection(asyncio.Protocol):
         self.status = 0
         self.headers: list[tuple[bytes, bytes]] = []
         self.head_done = False
+        self._until_close = False
         self.complete = False
         self.keep_alive = False
         self.received_any = False
@@ -83,6 +84,8 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
+        if self.head_done and self._until_close and exc is None:
+            self.complete = True  # a body delimited by the end of the connection (no length given)
         if not self.complete:
             if not self.received_any:
                 self._fail(httpx.RemoteProtocolError("Server disconnected without sending a response."))
@@ -98,6 +101,8 @@ class _Connection(asyncio.Protocol):
         self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
+        names = {name.lower() for name, _ in self.headers}
+        self._until_close = b"content-length" not in names and b"transfer-encoding" not in names
         self.status = self._parser.get_status_code()
         self.head_done = True
         self._event.set()
