@@ -50,6 +50,17 @@ async def read_request(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
     return head, await reader.readexactly(length)
 
 
+def answer(raw: bytes) -> Handler:
+    """A server side that reads one request, sends these bytes and closes the connection."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(raw)
+        await writer.drain()
+
+    return handler
+
+
 def chunked(*pieces: bytes) -> bytes:
     out = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
     for piece in pieces:
@@ -92,12 +103,7 @@ async def test_content_length_bodies_and_error_statuses_come_through() -> None:
 
 
 async def test_a_body_that_ends_with_the_connection_is_complete() -> None:
-    async def http10_style(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await read_request(reader)
-        writer.write(b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\nall of it")
-        await writer.drain()
-
-    async with server(http10_style) as (origin, _), client(origin) as http:
+    async with server(answer(b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\nall of it")) as (origin, _), client(origin) as http:
         response = await http.get(f"{origin}/health")
         assert (response.status_code, response.content) == (200, b"all of it")
 
@@ -172,11 +178,7 @@ async def test_a_fresh_connection_dropped_without_an_answer_is_an_error() -> Non
 
 
 async def test_a_body_cut_short_is_an_error_after_what_arrived() -> None:
-    async def cut(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await read_request(reader)
-        writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n9\r\ndata: x\n\n\r\n")
-        await writer.drain()
-
+    cut = answer(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n9\r\ndata: x\n\n\r\n")
     async with server(cut) as (origin, _), client(origin) as http:
         got = b""
         with pytest.raises(httpx.RemoteProtocolError, match="complete message body"):
