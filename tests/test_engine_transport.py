@@ -103,7 +103,8 @@ async def test_content_length_bodies_and_error_statuses_come_through() -> None:
 
 
 async def test_a_body_that_ends_with_the_connection_is_complete() -> None:
-    async with server(answer(b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\nall of it")) as (origin, _), client(origin) as http:
+    until_close = answer(b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\nall of it")
+    async with server(until_close) as (origin, _), client(origin) as http:
         response = await http.get(f"{origin}/health")
         assert (response.status_code, response.content) == (200, b"all of it")
 
