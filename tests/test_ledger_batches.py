@@ -57,18 +57,24 @@ class Books:
         return sorted(str(r["status"]) for r in query_db(self.url, "SELECT status FROM usage_records"))
 
 
-@pytest.fixture(params=["batched", "inline", "sqlalchemy"])
-async def books(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Books]:
-    """`batched`: every op through a batch on the writer thread (concurrent ones share one);
-    `inline`: as the gateway runs, ops written at once on the loop whenever the writer is idle."""
+async def new_books(tmp_path: Path, writer_kind: str) -> tuple[Books, SqliteWriter | None]:
+    """A migrated ledger database; `writer_kind`: sqlalchemy, batched or inline (see `books`)."""
     url = f"sqlite:///{tmp_path / 'ledger.db'}"
     await migrate(url)
     db = create_engine(url)
     path = str(tmp_path / "ledger.db")
-    writer = None if request.param == "sqlalchemy" else SqliteWriter(path, inline=request.param == "inline")
+    writer = None if writer_kind == "sqlalchemy" else SqliteWriter(path, inline=writer_kind == "inline")
     ledger = Ledger(db, "instance-1", lambda model, mode, counts: counts.completion, writer)
-    yield Books(url, ledger, KeyStore(db, writer), RateLimiter(db))
-    await ledger.close()
+    return Books(url, ledger, KeyStore(db, writer), RateLimiter(db)), writer
+
+
+@pytest.fixture(params=["batched", "inline", "sqlalchemy"])
+async def books(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Books]:
+    """`batched`: every op through a batch on the writer thread (concurrent ones share one);
+    `inline`: as the gateway runs, ops written at once on the loop whenever the writer is idle."""
+    made, _ = await new_books(tmp_path, request.param)
+    yield made
+    await made.ledger.close()
 
 
 async def test_concurrent_reservations_never_pass_the_budget(books: Books) -> None:
@@ -130,16 +136,8 @@ async def test_checkpoints_and_revocation_are_seen_at_once(books: Books) -> None
 
 
 async def test_a_quiet_gateway_writes_at_once_and_a_held_lock_never_blocks_the_loop(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'ledger.db'}"
-    await migrate(url)
-    db = create_engine(url)
-    writer = SqliteWriter(str(tmp_path / "ledger.db"))
-    books = Books(
-        url,
-        Ledger(db, "instance-1", lambda m, mode, c: c.completion, writer),
-        KeyStore(db, writer),
-        RateLimiter(db),
-    )
+    books, writer = await new_books(tmp_path, "inline")
+    assert writer is not None
     principal = await books.key(KeyLimits(budget_micros=1000))
     try:
         await books.open(principal, 1, 100)
@@ -175,11 +173,8 @@ async def test_a_quiet_gateway_writes_at_once_and_a_held_lock_never_blocks_the_l
 async def test_the_wal_stays_small_when_every_write_is_on_the_loop(tmp_path: Path) -> None:
     """Writes on the loop's connection still checkpoint the WAL (SQLite's own, every 1,000 pages):
     without it the WAL grew by ~27 KB a request (40 MB after 1,500)."""
-    url = f"sqlite:///{tmp_path / 'ledger.db'}"
-    await migrate(url)
-    db = create_engine(url)
-    writer = SqliteWriter(str(tmp_path / "ledger.db"))
-    books = Books(url, Ledger(db, "i", lambda m, mode, c: 0, writer), KeyStore(db, writer), RateLimiter(db))
+    books, writer = await new_books(tmp_path, "inline")
+    assert writer is not None
     principal = await books.key(KeyLimits())
     try:
         for i in range(1500):

@@ -115,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.quick:
             stages = [Stage(1.5, args.lr or tr.TrainSettings.lr)]
         elif args.minutes is not None or args.resume is not None:
-            stages = [Stage(args.minutes or 10.0, args.lr or tr.TrainSettings.lr)]
+            minutes = args.minutes if args.minutes is not None else RECIPE[0].minutes
+            stages = [Stage(minutes, args.lr or tr.TrainSettings.lr)]
         else:
             stages = list(RECIPE)
         n_probe = 4 if args.quick else 12

@@ -94,8 +94,8 @@ async def create_chat_completion(
     gateway: GatewayDep,
     idempotency_key: Annotated[str | None, Header(max_length=MAX_IDEMPOTENCY_KEY)] = None,
 ) -> Any:
-    """Documentation only: requests are served by `_handle` (see `_ChatRoute`)."""
-    return await Completion(gateway, principal, body, idempotency_key).respond()
+    """Documentation only: `_ChatRoute` serves requests with `_handle`, never with this function."""
+    raise AssertionError("served by _handle")
 
 
 def _affinity(principal: Principal, request: ChatCompletionRequest) -> str:

@@ -39,10 +39,11 @@ class _Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.lost = False
         self.error: httpx.TransportError | None = None
-        self._parser = httptools.HttpResponseParser(self)
         self._reset()
 
     def _reset(self) -> None:
+        """Ready to read the next response on this connection."""
+        self._parser = httptools.HttpResponseParser(self)
         self.status = 0
         self.headers: list[tuple[bytes, bytes]] = []
         self.head_done = False
@@ -58,7 +59,6 @@ class _Connection(asyncio.Protocol):
     def send_request(self, head: bytes, body: bytes) -> None:
         assert self.transport is not None
         self._reset()
-        self._parser = httptools.HttpResponseParser(self)
         if len(body) < 65536:
             self.transport.write(head + body)  # one segment for the usual small JSON body
         else:

@@ -254,21 +254,19 @@ class SqliteWriter:
         ledger's share of a request's latency. It never waits for the database lock: if another
         connection holds it, or the writer thread is busy, the batch goes to the writer thread."""
         batch, self._loop_batch = self._loop_batch, []
-        if self._thread_busy():
-            for op, done in batch:
-                self._to_thread(op, done)
-            return
-        try:
-            results = _transaction(self._loop_connection(), [op for op, _ in batch])
-        except sqlite3.OperationalError as error:
-            if error.sqlite_errorcode in _LOCKED:
-                for op, done in batch:
-                    self._to_thread(op, done)
+        if not self._thread_busy():
+            results: list[Any] | None
+            try:
+                results = _transaction(self._loop_connection(), [op for op, _ in batch])
+            except sqlite3.OperationalError as error:
+                results = None if error.sqlite_errorcode in _LOCKED else [error] * len(batch)
+            except Exception as error:  # a callback: every waiting request must still get an answer
+                results = [error] * len(batch)
+            if results is not None:
+                _resolve(batch, results)
                 return
-            results = [error] * len(batch)
-        except Exception as error:  # a callback: every waiting request must still get an answer
-            results = [error] * len(batch)
-        _resolve(batch, results)
+        for op, done in batch:
+            self._to_thread(op, done)
 
     def _loop_connection(self) -> sqlite3.Connection:
         if self._loop_con is None:
