@@ -42,6 +42,8 @@ class Gateway:
     metrics: Metrics
     media: MediaPolicy
     engine: EmbeddedEngine | None = None
+    # The lean transport mounted for the http:// engines; the relay posts through it directly.
+    engine_transport: EngineTransport | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     @classmethod
@@ -103,6 +105,7 @@ class Gateway:
             metrics=Metrics(),
             media=media,
             engine=engine,
+            engine_transport=fast,
         )
 
     async def start(self) -> None:

@@ -19,6 +19,7 @@ import orjson
 
 from app.chat import PreparedChat, continuation_body
 from app.engine.pool import Replica, UpstreamPool
+from app.engine.transport import EngineTransport
 from app.errors import APIError, EngineUnavailable, InvalidRequest, UpstreamError
 from app.metering.prices import TokenCounts
 from app.reasoning import ThinkSplitter
@@ -63,12 +64,14 @@ class ChatRun:
         pool: UpstreamPool,
         client: httpx.AsyncClient,
         *,
+        direct: EngineTransport | None = None,
         affinity: str | None = None,
         keep_text: bool = False,
     ) -> None:
         self.prepared = prepared
         self.pool = pool
         self.client = client
+        self.direct = direct  # posts to http:// engines without httpx's client (see EngineTransport.post)
         self.affinity = affinity
         profile = prepared.profile
         self.force_budget = (
@@ -160,15 +163,16 @@ class ChatRun:
         tried: Replica | None = None
         for attempt in range(2):
             replica = self.pool.pick(model, affinity=self.affinity, exclude=tried)
-            request = self.client.build_request(
-                "POST",
-                f"{replica.url}/v1/chat/completions",
-                content=orjson.dumps(body),
-                headers={"content-type": "application/json", "x-request-id": self.prepared.request_id},
-            )
+            url = f"{replica.url}/v1/chat/completions"
+            payload = orjson.dumps(body)
+            headers = {"content-type": "application/json", "x-request-id": self.prepared.request_id}
             replica.in_flight += 1
             try:
-                response = await self.client.send(request, stream=True)
+                if self.direct is not None and url.startswith("http://"):
+                    response = await self.direct.post(url, payload, headers, self.client.timeout)
+                else:
+                    request = self.client.build_request("POST", url, content=payload, headers=headers)
+                    response = await self.client.send(request, stream=True)
             except CONNECT_ERRORS as exc:
                 replica.in_flight -= 1
                 self.pool.report_failure(replica, f"{type(exc).__name__}: {exc}")

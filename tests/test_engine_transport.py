@@ -68,15 +68,24 @@ def chunked(*pieces: bytes) -> bytes:
     return out + b"0\r\n\r\n"
 
 
-async def echo_forever(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    """Answers every request on the connection (keep-alive) with its own body, chunked."""
-    while True:
-        try:
-            _, body = await read_request(reader)
-        except asyncio.IncompleteReadError:
-            return
-        writer.write(chunked(b"data: ", body, b"\n\n"))
-        await writer.drain()
+def echoing(heads: list[bytes]) -> Handler:
+    """Answers every request on the connection (keep-alive) with its own body, chunked; records the
+    requests' heads."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            try:
+                head, body = await read_request(reader)
+            except asyncio.IncompleteReadError:
+                return
+            heads.append(head)
+            writer.write(chunked(b"data: ", body, b"\n\n"))
+            await writer.drain()
+
+    return handler
+
+
+echo_forever = echoing([])
 
 
 async def test_requests_reuse_one_keep_alive_connection() -> None:
@@ -224,3 +233,30 @@ async def test_a_slow_reader_pauses_the_socket_and_loses_nothing() -> None:
                 received += len(data)
                 await asyncio.sleep(0.001)
         assert received == count * len(piece)
+
+
+async def test_post_sends_the_relay_request_without_an_httpx_client() -> None:
+    heads: list[bytes] = []
+    transport = EngineTransport()
+    timeout = httpx.Timeout(5.0, connect=1.0)
+    async with server(echoing(heads)) as (origin, connections):
+        for i in range(2):
+            response = await transport.post(
+                f"{origin}/v1/chat/completions", b'{"n": %d}' % i, {"x-request-id": f"r{i}"}, timeout
+            )
+            assert response.status_code == 200
+            assert response.headers["content-type"] == "text/event-stream"
+            assert b"".join([piece async for piece in response.aiter_raw()]) == b'data: {"n": %d}\n\n' % i
+        assert len(connections) == 1  # kept alive, as through the client
+    port = origin.rsplit(":", 1)[1]
+    lines = heads[1].split(b"\r\n")
+    assert lines[0] == b"POST /v1/chat/completions HTTP/1.1"
+    assert {b"host: 127.0.0.1:" + port.encode(), b"content-length: 8", b"x-request-id: r1"} <= set(lines)
+
+    await transport.aclose()
+
+    fresh = EngineTransport()  # the server is gone: a new connection is refused
+    with pytest.raises(httpx.ConnectError):  # the relay's failover relies on httpx's errors
+        await fresh.post(f"{origin}/v1/chat/completions", b"{}", {}, timeout)
+    with pytest.raises(httpx.UnsupportedProtocol):
+        await fresh.post("https://127.0.0.1:1/v1/chat/completions", b"{}", {}, timeout)

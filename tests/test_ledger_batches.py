@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -23,7 +23,7 @@ from app.keys import KeyLimits, KeyStore, Principal
 from app.metering.ledger import Ledger, OpenRequest, Outcome
 from app.metering.prices import TokenCounts
 from app.metering.ratelimit import RateLimiter
-from app.metering.sqlite_writer import SqliteWriter
+from app.metering.sqlite_writer import RecordOp, SqliteWriter
 
 
 class Books:
@@ -184,3 +184,86 @@ async def test_the_wal_stays_small_when_every_write_is_on_the_loop(tmp_path: Pat
         assert wal < 6_000_000, f"WAL is {wal} bytes after 1,500 writes"
     finally:
         await books.ledger.close()
+
+
+def _counting_connect(begins: list[str]) -> Callable[[str], sqlite3.Connection]:
+    """The writer's connections, recording each transaction they begin."""
+    from app.metering.sqlite_writer import _connect
+
+    def connect(path: str) -> sqlite3.Connection:
+        con = _connect(path)
+        con.set_trace_callback(lambda sql: begins.append(sql) if sql.startswith("BEGIN") else None)
+        return con
+
+    return connect
+
+
+async def _deferring_books(tmp_path: Path, defer_s: float, begins: list[str]) -> Books:
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    await migrate(url)
+    db = create_engine(url)
+    writer = SqliteWriter(str(tmp_path / "ledger.db"), _counting_connect(begins), defer_s=defer_s)
+    ledger = Ledger(db, "instance-1", lambda model, mode, counts: counts.completion, writer)
+    return Books(url, ledger, KeyStore(db, writer), RateLimiter(db))
+
+
+async def test_a_settlement_waits_for_company_and_leaves_with_the_next_open(tmp_path: Path) -> None:
+    begins: list[str] = []
+    books = await _deferring_books(tmp_path, 60.0, begins)
+    principal = await books.key(KeyLimits(budget_micros=10_000))
+    first = await books.open(principal, 1, 100)
+    counts = TokenCounts(prompt=5, reasoning=20, answer=5)
+    settling = asyncio.create_task(books.ledger.settle(first, Outcome("completed", counts, 25)))
+    await asyncio.sleep(0.05)
+    assert not settling.done() and books.statuses() == ["open"]  # deferred: nothing else to write
+    before = len(begins)
+    second = await books.open(principal, 2, 100)  # an open is written at once, with the settlement
+    assert await settling
+    assert len(begins) == before + 1
+    assert books.statuses() == ["completed", "open"]
+    assert books.key_row(principal)["reserved_micros"] == second.reserved_micros
+    await books.ledger.close()
+
+
+async def test_a_lone_settlement_is_written_when_its_wait_ends_or_at_close(tmp_path: Path) -> None:
+    begins: list[str] = []
+    books = await _deferring_books(tmp_path, 0.05, begins)
+    principal = await books.key(KeyLimits(budget_micros=10_000))
+    handle = await books.open(principal, 1, 100)
+    outcome = Outcome("completed", TokenCounts(prompt=1, answer=1), 1)
+    assert await asyncio.wait_for(books.ledger.settle(handle, outcome), 5)
+    assert books.statuses() == ["completed"]
+
+    books.ledger.writer.defer_s = 60.0  # type: ignore[union-attr]
+    late = await books.open(principal, 2, 100)
+    settling = asyncio.create_task(books.ledger.settle(late, outcome))
+    await asyncio.sleep(0.05)
+    assert not settling.done()
+    await books.ledger.close()  # shutting down writes what was waiting
+    assert settling.done() and settling.result() is True
+    assert books.statuses() == ["completed", "completed"]
+
+
+async def test_an_op_that_fails_outside_a_savepoint_fails_alone(tmp_path: Path) -> None:
+    begins: list[str] = []
+    books = await _deferring_books(tmp_path, 0.0, begins)
+    principal = await books.key(KeyLimits(budget_micros=10_000))
+    await books.open(principal, 1, 100)
+    writer = books.ledger.writer
+    assert writer is not None
+    duplicate = RecordOp({"id": "req-1", "key_id": principal.key_id, "created_at": 0.0,
+                          "instance_id": "i", "model": "m", "mode": "long", "mode_source": "t",
+                          "status": "rejected"})  # fmt: skip
+    before = len(begins)
+    results = await asyncio.gather(
+        books.open(principal, 2, 100),
+        writer.submit(duplicate),  # the same id as an existing record: refused by the database
+        books.open(principal, 3, 100),
+        return_exceptions=True,
+    )
+    assert isinstance(results[1], sqlite3.IntegrityError)
+    assert all(isinstance(r, OpenRequest) for r in (results[0], results[2]))
+    assert books.statuses() == ["open", "open", "open"]
+    assert books.key_row(principal)["reserved_micros"] == 300
+    assert len(begins) == before + 2  # the batch, rolled back, and its redo with savepoints
+    await books.ledger.close()

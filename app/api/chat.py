@@ -198,6 +198,7 @@ class Completion:
             prepared,
             gateway.pool,
             gateway.client,
+            direct=gateway.engine_transport,
             affinity=_affinity(self.principal, self.request) if gateway.settings.affinity else None,
             keep_text=keep_text,
         )

@@ -14,6 +14,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    text,
 )
 
 metadata = MetaData()
@@ -79,7 +80,13 @@ usage_records = Table(
     Column("response_json", Text),  # the completed response, replayed for a retried Idempotency-Key
     UniqueConstraint("key_id", "idempotency_key", name="uq_usage_idempotency"),
     Index("ix_usage_key_created", "key_id", "created_at"),
-    Index("ix_usage_status", "status"),
+    # Only the open records (what reconciliation looks for): see migration 0002.
+    Index(
+        "ix_usage_open",
+        "instance_id",
+        sqlite_where=text("status = 'open'"),
+        postgresql_where=text("status = 'open'"),
+    ),
 )
 
 rate_windows = Table(

@@ -10,9 +10,11 @@ fsync) is paid once per batch. While the lock is free and the thread idle, the b
 queued in one loop turn) is written on the event loop itself, sparing two thread hand-offs per op:
 see `SqliteWriter._write_on_loop`.
 
-Each operation runs inside its own SAVEPOINT, so one refused operation (rate limit, duplicate
-Idempotency-Key) is undone alone, exactly as if it had had its own transaction, while the rest of the
-batch commits. Everything else (usage reads, key management, reconciliation) stays on SQLAlchemy;
+An operation that can be refused (an open: rate limit, duplicate Idempotency-Key) runs inside its
+own SAVEPOINT, so it is undone alone, exactly as if it had had its own transaction, while the rest of
+the batch commits; the others run bare, and if one fails anyway the batch is redone with savepoints
+(see `_transaction`). Settlements and checkpoints wait up to a millisecond for company (see
+`SqliteWriter._schedule`). Everything else (usage reads, key management, reconciliation) stays on SQLAlchemy;
 both connections share the database file under SQLite's own locking.
 """
 
@@ -24,7 +26,7 @@ import sqlite3
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from app.db.tables import TOKEN_COLUMNS, usage_records
 from app.errors import IdempotencyConflict
@@ -86,6 +88,25 @@ _RECORD_DEFAULTS: dict[str, Any] = {
 }
 
 
+# What `Ledger.open` knows about a request; the other columns take the table's defaults.
+_OPEN_COLUMNS = (
+    "id",
+    "key_id",
+    "created_at",
+    "instance_id",
+    "model",
+    "mode",
+    "mode_source",
+    "effort",
+    "idempotency_key",
+    "reserved_micros",
+)
+_INSERT_OPEN = (
+    f"INSERT INTO usage_records ({', '.join(_OPEN_COLUMNS)}, status) "
+    f"VALUES ({', '.join(':' + c for c in _OPEN_COLUMNS)}, 'open')"
+)
+
+
 def _insert_record(con: sqlite3.Connection, record: dict[str, Any]) -> None:
     """INSERT a usage record; columns not given take the table's defaults (0 counts, NULLs)."""
     row = dict(_RECORD_DEFAULTS)
@@ -109,6 +130,8 @@ def rejected_for_budget(record: dict[str, Any]) -> dict[str, Any]:
 class OpenOp:
     """Reserve, count the rate limits and insert the open record (see `Ledger.open`)."""
 
+    refusable: ClassVar[bool] = True  # over a rate limit, duplicate Idempotency-Key: see `_transaction`
+    deferrable: ClassVar[bool] = False  # the request waits for it before it reaches the engine
     record: dict[str, Any]
     reserve_micros: int
     has_row: bool
@@ -134,7 +157,7 @@ class OpenOp:
             if refusal is not None:
                 raise refusal  # the savepoint is rolled back: neither reserved nor counted
         try:
-            _insert_record(con, {**record, "status": "open", "reserved_micros": self.reserve_micros})
+            con.execute(_INSERT_OPEN, {**record, "reserved_micros": self.reserve_micros})
         except sqlite3.IntegrityError:
             raise IdempotencyConflict(
                 "A request with this Idempotency-Key is already running; retry when it has finished.",
@@ -147,6 +170,8 @@ class OpenOp:
 class SettleOp:
     """Close the open record and move reserved → spent (see `Ledger.settle`)."""
 
+    refusable: ClassVar[bool] = False
+    deferrable: ClassVar[bool] = True  # may wait for company: see `SqliteWriter.submit`
     request_id: str
     key_id: str | None  # None: no key row to release (a principal without a stored key)
     reserved_micros: int
@@ -176,6 +201,8 @@ class SettleOp:
 
 @dataclass(slots=True)
 class CheckpointOp:
+    refusable: ClassVar[bool] = False
+    deferrable: ClassVar[bool] = True
     request_id: str
     counts: dict[str, int]
 
@@ -187,6 +214,8 @@ class CheckpointOp:
 class RecordOp:
     """Insert a finished record (a request refused before any reservation)."""
 
+    refusable: ClassVar[bool] = False
+    deferrable: ClassVar[bool] = False
     record: dict[str, Any]
 
     def apply(self, con: sqlite3.Connection) -> None:
@@ -197,6 +226,8 @@ class RecordOp:
 class KeyLookupOp:
     """The active key row with this secret hash (authentication on every request), or None."""
 
+    refusable: ClassVar[bool] = False
+    deferrable: ClassVar[bool] = False
     secret_hash: str
 
     def apply(self, con: sqlite3.Connection) -> dict[str, Any] | None:
@@ -215,15 +246,22 @@ class SqliteWriter:
     lock is free, on the writer thread when it is not (see the module doc)."""
 
     def __init__(
-        self, path: str, connect: Callable[[str], sqlite3.Connection] | None = None, *, inline: bool = True
+        self,
+        path: str,
+        connect: Callable[[str], sqlite3.Connection] | None = None,
+        *,
+        inline: bool = True,
+        defer_s: float | None = None,
     ) -> None:
         self.path = path
         self.inline = inline  # False: every batch goes to the writer thread (tests of that path)
+        self.defer_s = DEFER_S if defer_s is None else defer_s
         self._connect = connect or _connect
         self._con: sqlite3.Connection | None = None  # the writer thread's
         self._loop_con: sqlite3.Connection | None = None  # the event loop's (see `_write_on_loop`)
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="thinkgate-ledger")
         self._loop_batch: list[tuple[Op, asyncio.Future[Any]]] = []
+        self._scheduled: asyncio.Handle | None = None  # the loop batch's write (see `_schedule`)
         self._pending: list[tuple[Op, asyncio.Future[Any]]] = []  # for the writer thread
         self._flusher: asyncio.Task[None] | None = None
 
@@ -233,12 +271,30 @@ class SqliteWriter:
         done: asyncio.Future[Any] = loop.create_future()
         if self.inline and not self._thread_busy():
             self._loop_batch.append((op, done))
-            if len(self._loop_batch) == 1:
-                loop.call_soon(self._write_on_loop)  # with every op queued in this loop turn
+            urgent = not op.deferrable or len(self._loop_batch) >= MAX_DEFERRED
+            self._schedule(loop, urgent)
         else:
             self._to_thread(op, done)
         # Shielded: a request cancelled while waiting (client gone) must not lose its write.
         return await asyncio.shield(done)
+
+    def _schedule(self, loop: asyncio.AbstractEventLoop, urgent: bool) -> None:
+        """Write the loop batch at the end of this loop turn (`urgent`), or within `defer_s`.
+
+        Settlements and checkpoints are deferrable: nothing waits on them but the end of their own
+        response, so a batch of only those waits up to `defer_s` for company, and usually leaves
+        with the next request's open. Each transaction then carries more ops: its commit and the
+        index pages it dirties are shared (measured: ~N µs less per request at 64 streams).
+        """
+        scheduled = self._scheduled
+        if scheduled is not None and (not urgent or not isinstance(scheduled, asyncio.TimerHandle)):
+            return  # already due at least as soon as this op needs
+        if scheduled is not None:
+            scheduled.cancel()
+        if urgent:
+            self._scheduled = loop.call_soon(self._write_on_loop)
+        else:
+            self._scheduled = loop.call_later(self.defer_s, self._write_on_loop)
 
     def _thread_busy(self) -> bool:
         return bool(self._pending) or (self._flusher is not None and not self._flusher.done())
@@ -253,7 +309,12 @@ class SqliteWriter:
         (no fsync) costs less than the two thread hand-offs it saves, which were most of the
         ledger's share of a request's latency. It never waits for the database lock: if another
         connection holds it, or the writer thread is busy, the batch goes to the writer thread."""
+        if self._scheduled is not None:
+            self._scheduled.cancel()  # when called by `close`
+            self._scheduled = None
         batch, self._loop_batch = self._loop_batch, []
+        if not batch:
+            return
         if not self._thread_busy():
             results: list[Any] | None
             try:
@@ -301,6 +362,7 @@ class SqliteWriter:
         return self._con
 
     async def close(self) -> None:
+        self._write_on_loop()  # a deferred batch must not wait for a timer that may never fire
         if self._flusher is not None:
             await asyncio.gather(self._flusher, return_exceptions=True)
         await asyncio.get_running_loop().run_in_executor(self._thread, self._close_connection)
@@ -324,16 +386,37 @@ def _resolve(batch: list[tuple[Op, asyncio.Future[Any]]], results: list[Any]) ->
 
 
 BUSY_TIMEOUT_MS = 10_000
+DEFER_S = 0.001  # how long a batch of only settlements/checkpoints waits for company
+MAX_DEFERRED = 64  # ... unless this many are waiting
 _LOCKED = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
 
 
+class _Redo(Exception):
+    """An op outside a savepoint failed: the batch is redone with every op in its own."""
+
+
 def _transaction(con: sqlite3.Connection, ops: list[Op]) -> list[Any]:
-    """The ops in one transaction, each in its own savepoint: a refused op is undone alone and its
-    exception is its result; any other failure rolls back the whole transaction."""
+    """The ops in one transaction. An op that can be refused (`refusable`) runs in its own savepoint,
+    so a refusal is undone alone and its exception is its result. The others run bare: if one fails
+    anyway, the transaction is rolled back and redone with every op in a savepoint, so the failure
+    still stays that op's alone. Any other failure rolls back the whole transaction."""
+    try:
+        return _run(con, ops, careful=False)
+    except _Redo:
+        return _run(con, ops, careful=True)
+
+
+def _run(con: sqlite3.Connection, ops: list[Op], *, careful: bool) -> list[Any]:
     results: list[Any] = []
     con.execute("BEGIN IMMEDIATE")
     try:
         for op in ops:
+            if not (careful or op.refusable):
+                try:
+                    results.append(op.apply(con))
+                except Exception as error:
+                    raise _Redo from error
+                continue
             con.execute("SAVEPOINT op")
             try:
                 results.append(op.apply(con))
