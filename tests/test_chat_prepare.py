@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import io
+import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +14,7 @@ import pytest
 from PIL import Image
 
 from app.api.protocol import ChatCompletionRequest
-from app.chat import MediaPolicy, PreparedChat, continuation_body, prepare_chat
+from app.chat import MediaPolicy, PreparedChat, continuation_body, new_request_id, prepare_chat
 from app.errors import InvalidRequest, PermissionDenied
 from app.keys import ANONYMOUS, Principal
 from app.media import ImageLimits
@@ -138,3 +140,14 @@ def test_continuation_prefills_the_closed_reasoning() -> None:
     body = continuation_body(upstream, profile, "some thoughts", 40)
     assert body["messages"][-1] == {"role": "assistant", "content": "<think>\nsome thoughts\n</think>\n\n"}
     assert body["max_tokens"] == 40 and body["continue_final_message"] and not body["add_generation_prompt"]
+
+
+def test_request_ids_grow_with_time_and_stay_unique() -> None:
+    """Time first, so the ledger's primary-key index grows at its end; random after, so ids made in
+    the same millisecond (or by another gateway) still differ."""
+    first = [new_request_id() for _ in range(1000)]
+    time.sleep(0.002)
+    later = new_request_id()
+    assert all(re.fullmatch(r"chatcmpl-[0-9a-f]{24}", i) for i in [*first, later])
+    assert len(set(first)) == len(first)
+    assert all(i[:20] <= later[:20] for i in first) and max(first) < later

@@ -5,6 +5,7 @@
     python -m training.build --placeholder   # final files with untrained weights (for wiring tests)
     python -m training.build --minutes 30    # one stage of 30 minutes
     python -m training.build --resume DIR --minutes 10 --out OUT   # a further training stage from DIR
+    python -m training.build --resume DIR --from-stage 3 --out OUT # the recipe's stages 3.. from DIR
 
 The output is built in ``<out>.partial`` and swapped in at the end, so an engine reading the current
 checkpoint never sees a half-written one.
@@ -36,11 +37,16 @@ TOKENIZER_SEED = 1234
 class Stage:
     minutes: float
     lr: float
+    kind: str = "mixed"  # see training.train.TrainSettings.kind
 
 
 # The shipped weights' recipe: 50 minutes at lr 1e-3, then 60 more at 5e-4 from those weights with a
 # fresh optimizer (the second stage took hard text in long mode from 77.5 % to 92.5 % in-process).
-RECIPE = (Stage(50.0, 1e-3), Stage(60.0, 5e-4))
+# The vision tower had still not started after those (images at chance): the third stage trains it
+# alone on the dense reading loss (training/vision.py), the fourth teaches the language model to read
+# its tokens, with reading-only examples among the usual mix.
+RECIPE = (Stage(50.0, 1e-3), Stage(60.0, 5e-4), Stage(30.0, 2e-3, "vision"), Stage(35.0, 3e-4, "joint"))
+QUICK = (Stage(1.0, 1e-3), Stage(0.25, 2e-3, "vision"), Stage(0.25, 5e-4, "joint"))
 
 
 def build_tokenizer(seed: int) -> PreTrainedTokenizerFast:
@@ -66,6 +72,12 @@ def main(argv: list[str] | None = None) -> int:
         help="continue training from this checkpoint (a second stage of the time budget)",
     )
     ap.add_argument("--lr", type=float, default=None, help="peak learning rate")
+    ap.add_argument(
+        "--from-stage",
+        type=int,
+        default=None,
+        help="with --resume: run the recipe from this stage (1-based) on the resumed weights",
+    )
     args = ap.parse_args(argv)
 
     out: Path = args.out or (
@@ -112,13 +124,24 @@ def main(argv: list[str] | None = None) -> int:
     if not args.placeholder:
         from training import inproc_eval
 
+        first = 1
         if args.quick:
-            stages = [Stage(1.5, args.lr or tr.TrainSettings.lr)]
+            stages = list(QUICK)
+        elif args.from_stage is not None:
+            if args.resume is None or not 1 <= args.from_stage <= len(RECIPE):
+                print(f"--from-stage needs --resume and a stage in 1..{len(RECIPE)}", file=sys.stderr)
+                return 2
+            first = args.from_stage
+            stages = list(RECIPE[first - 1 :])
         elif args.minutes is not None or args.resume is not None:
             minutes = args.minutes if args.minutes is not None else RECIPE[0].minutes
             stages = [Stage(minutes, args.lr or tr.TrainSettings.lr)]
         else:
             stages = list(RECIPE)
+        from training import vision
+
+        torch.manual_seed(args.seed)
+        head = vision.reading_head(model)  # training only: never saved
         n_probe = 4 if args.quick else 12
         # --quick checks the pipeline, not the model: short generations keep it within minutes.
         max_new = 48 if args.quick else 500
@@ -134,8 +157,13 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"[eval] probe failed: {exc!r}", flush=True)
 
         report["stages"] = []
-        for number, stage in enumerate(stages, start=1):
-            if number > 1:
+        previous_report = args.resume / "build_report.json" if args.resume is not None else None
+        if first > 1 and previous_report is not None and previous_report.exists():
+            # The stages that made the resumed weights stay in the report: it describes the whole recipe.
+            report["stages"] = json.loads(previous_report.read_text()).get("stages", [])[: first - 1]
+            report["resumed_from"] = f"{args.resume} (after stage {first - 1})"
+        for number, stage in enumerate(stages, start=first):
+            if number > first:
                 # A later stage starts from the weights as shipped (bf16), with a fresh optimizer,
                 # and sees new problems.
                 with torch.no_grad():
@@ -143,20 +171,27 @@ def main(argv: list[str] | None = None) -> int:
                         param.copy_(param.to(torch.bfloat16).to(torch.float32))
             settings = tr.TrainSettings(
                 minutes=stage.minutes,
-                seed=args.seed + (number - 1) + (1 if args.resume is not None else 0),
+                seed=args.seed + (number - 1) + (1 if args.resume is not None and first == 1 else 0),
                 lr=stage.lr,
+                kind=stage.kind,
                 eval_every_s=max(stage.minutes * 60 / 4, 60) if not args.quick else stage.minutes * 30,
             )
             print(
-                f"[build] stage {number}/{len(stages)}: {stage.minutes:g} min at lr {stage.lr:g}", flush=True
+                f"[build] stage {number}/{first + len(stages) - 1}: {stage.kind}, {stage.minutes:g} min "
+                f"at lr {stage.lr:g}",
+                flush=True,
             )
-            stats = tr.train(model, tok, settings, on_eval=on_eval, exclude=inproc_eval.eval_problems())
+            stats = tr.train(
+                model, tok, settings, on_eval=on_eval, exclude=inproc_eval.eval_problems(), head=head
+            )
             print(
                 f"[build] stage {number}: {stats['steps']:.0f} steps in {stats['seconds'] / 60:.1f} min, "
                 f"loss {stats['loss']:.3f}",
                 flush=True,
             )
-            report["stages"].append({"minutes": stage.minutes, "lr": stage.lr, **stats})
+            report["stages"].append(
+                {"stage": number, "kind": stage.kind, "minutes": stage.minutes, "lr": stage.lr, **stats}
+            )
         report["train"] = {
             "steps": sum(st["steps"] for st in report["stages"]),
             "seconds": sum(st["seconds"] for st in report["stages"]),

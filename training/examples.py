@@ -12,7 +12,7 @@ from transformers import PreTrainedTokenizerFast
 from training import problems as pb
 from training import tokenizer as tk
 from training.modelcfg import IMAGE_SEQ_LEN
-from training.render import render_problem
+from training.render import Layout, render_with_layout
 
 SYSTEM_PROMPTS = ("You are a helpful assistant.", "You are a careful calculator.", "Answer the question.")
 # Copying digits is what a tiny transformer learns last and everything else depends on: with uniform loss
@@ -34,6 +34,8 @@ class Example:
     image_first: bool = True
     system: str | None = None
     slip_rate: float = 0.0
+    layout: Layout | None = None  # where the problem was drawn (image examples)
+    read_only: bool = False  # the reply is the reading step alone (see `reading_example`)
 
 
 def make_example(
@@ -62,10 +64,18 @@ def make_example(
         p = pb.sample_problem(rng, "easy" if use_easy else split)
     rate = image_rate if long or short_image_rate is None else short_image_rate
     if rng.random() < rate:
-        image = render_problem(pb.image_text(p, rng), rng)
+        image, layout = render_with_layout(pb.image_text(p, rng), rng)
         instruction = rng.choice(pb.IMAGE_INSTRUCTIONS)
-        return Example(p, long, instruction, image, rng.random() < 0.8, system, slip_rate)
+        return Example(p, long, instruction, image, rng.random() < 0.8, system, slip_rate, layout)
     return Example(p, long, pb.text_prompt(p, rng), system=system, slip_rate=slip_rate)
+
+
+def reading_example(rng: random.Random, exclude: frozenset[pb.Problem] = frozenset()) -> Example:
+    """An image problem in long mode whose reply is only the reading step (the restated problem):
+    a short, cheap example that teaches the language model to read the image tokens."""
+    ex = make_example(rng, image_rate=1.0, long_rate=1.0, ood_rate=0.0, exclude=exclude)
+    ex.read_only = True
+    return ex
 
 
 def messages(ex: Example) -> list[dict[str, object]]:
@@ -103,6 +113,8 @@ def expand_image(text: str) -> str:
 def target_segments(ex: Example, rng: random.Random) -> list[tuple[str, float]]:
     """The reply as (text, loss weight) segments; weight 0 marks a deliberate slip."""
     trace = pb.ood_trace() if ex.problem is None else pb.long_trace(ex.problem, rng, ex.slip_rate)
+    if ex.read_only:
+        return [(trace.thinking[: trace.thinking.index("\n") + 1], READ_WEIGHT)]
     tail = (f"{tk.THINK_END}\n\n" if ex.long else "") + trace.answer + tk.IM_END
     if not ex.long:
         return [(tail, 1.0)]

@@ -4,6 +4,7 @@ random position, canvases 96-256 px a side."""
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
@@ -24,8 +25,25 @@ def _text_box(text: str, size: int) -> tuple[int, int, int, int]:
     return int(left), int(top), int(right), int(bottom)
 
 
+@dataclass(frozen=True, slots=True)
+class Layout:
+    """Where the text was drawn: what the vision tower's reading supervision needs."""
+
+    text: str
+    font_size: int
+    x: int
+    y: int
+    width: int
+    height: int
+
+
 def render_problem(text: str, rng: random.Random) -> Image.Image:
     """Draw ``text`` at a random size and position on a random canvas; the text always fits."""
+    return render_with_layout(text, rng)[0]
+
+
+def render_with_layout(text: str, rng: random.Random) -> tuple[Image.Image, Layout]:
+    """`render_problem`, and where the text went (the same random draws: the same image)."""
     size = rng.randint(MIN_FONT, MAX_FONT)
     while size > MIN_FONT and _text_box(text, size)[2] + 2 * MARGIN > MAX_SIDE:
         size -= 1
@@ -44,4 +62,18 @@ def render_problem(text: str, rng: random.Random) -> Image.Image:
     x = rng.randint(MARGIN - left, max(MARGIN - left, width - right - MARGIN))
     y = rng.randint(MARGIN - top, max(MARGIN - top, height - bottom - MARGIN))
     ImageDraw.Draw(image).text((x, y), text, fill="black", font=_font(size))
-    return image
+    return image, Layout(text, size, x, y, width, height)
+
+
+def char_centres(layout: Layout) -> list[tuple[str, float, float]]:
+    """Each visible character and its centre, in the canvas's pixels."""
+    font = _font(layout.font_size)
+    _, top, _, bottom = _text_box(layout.text, layout.font_size)
+    centre_y = layout.y + (top + bottom) / 2
+    out, left = [], 0.0
+    for i, char in enumerate(layout.text):
+        right = float(font.getlength(layout.text[: i + 1]))
+        if not char.isspace():
+            out.append((char, layout.x + (left + right) / 2, centre_y))
+        left = right
+    return out

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -23,8 +24,12 @@ from transformers import Idefics3Config, Idefics3ForConditionalGeneration, PreTr
 from training import examples as E
 from training import modelcfg as mc
 from training import problems as pb
+from training import vision as V
+from training.render import Layout
 
-Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[Image.Image]]
+# (ids, loss weights, attention mask, images, the images' reading labels); ids empty in `vision` stages
+Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[Image.Image], torch.Tensor | None]
+KINDS = ("mixed", "vision", "joint")
 
 
 @dataclass
@@ -43,6 +48,13 @@ class TrainSettings:
     short_easy_rate: float = 0.5
     pool: int = 8  # batches generated at once, then sorted by length to cut padding
     bf16: bool = True  # autocast matmuls to bfloat16 (about 1.5x faster on CPU)
+    # What a stage trains. "mixed": the language model's loss on both modes and both input kinds.
+    # "vision": the reading loss alone (see training/vision.py), on the vision tower and connector.
+    # "joint": "mixed" plus reading-only examples and the reading loss on every image.
+    kind: str = "mixed"
+    reading_rate: float = 0.4  # joint: share of reading-only examples
+    reading_weight: float = 1.0  # joint: the reading loss's weight next to the language model's
+    vision_lr_mult: float = 5.0  # joint: the vision side is younger than the language model
 
 
 def new_model(cfg: Idefics3Config, seed: int) -> Idefics3ForConditionalGeneration:
@@ -73,16 +85,19 @@ def batches(
     while True:
         pool = []
         for _ in range(s.batch * s.pool):
-            ex = E.make_example(
-                rng,
-                image_rate=s.image_rate,
-                long_rate=s.long_rate,
-                short_easy_rate=s.short_easy_rate,
-                short_image_rate=s.short_image_rate,
-                exclude=exclude,
-            )
+            if s.kind == "joint" and rng.random() < s.reading_rate:
+                ex = E.reading_example(rng, exclude)
+            else:
+                ex = E.make_example(
+                    rng,
+                    image_rate=s.image_rate,
+                    long_rate=s.long_rate,
+                    short_easy_rate=s.short_easy_rate,
+                    short_image_rate=s.short_image_rate,
+                    exclude=exclude,
+                )
             ids, w = E.encode(ex, tok, rng)
-            pool.append((ids[: mc.MAX_LEN], w[: mc.MAX_LEN], ex.image))
+            pool.append((ids[: mc.MAX_LEN], w[: mc.MAX_LEN], ex.image, ex.layout))
         pool.sort(key=lambda t: len(t[0]))
         chunks = [pool[i : i + s.batch] for i in range(0, len(pool), s.batch)]
         rng.shuffle(chunks)
@@ -93,7 +108,20 @@ def batches(
             weights = torch.tensor([c[1] + [0.0] * (n - len(c[1])) for c in chunk])
             attn = torch.tensor([[1] * len(c[0]) + [0] * (n - len(c[0])) for c in chunk])
             images = [c[2] for c in chunk if c[2] is not None]
-            yield ids, weights, attn, images
+            yield ids, weights, attn, images, _labels([c[3] for c in chunk if c[3] is not None])
+
+
+def image_batches(s: TrainSettings, rng: random.Random, exclude: frozenset[pb.Problem]) -> Iterator[Batch]:
+    """Endless stream of image-only batches for a `vision` stage (no token ids)."""
+    none = torch.zeros(0, dtype=torch.long)
+    while True:
+        exs = [E.reading_example(rng, exclude) for _ in range(s.batch)]
+        images = [ex.image for ex in exs if ex.image is not None]
+        yield none, none.float(), none, images, _labels([ex.layout for ex in exs if ex.layout is not None])
+
+
+def _labels(layouts: list[Layout]) -> torch.Tensor | None:
+    return torch.from_numpy(np.stack([V.cell_labels(lay) for lay in layouts])) if layouts else None
 
 
 def loss_fn(
@@ -118,54 +146,96 @@ def lr_at(s: TrainSettings, elapsed: float) -> float:
     return s.lr * (s.min_lr_frac + (1 - s.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * frac)))
 
 
+def _param_groups(
+    model: Idefics3ForConditionalGeneration, head: torch.nn.Linear | None, s: TrainSettings
+) -> list[dict[str, object]]:
+    """AdamW groups, each with an `lr_mult`: a `vision` stage trains only the vision side and the
+    reading head (the language model is frozen); `joint` trains everything, the vision side faster."""
+    vision = {id(p) for p in V.vision_parameters(model)}
+    extra = list(head.parameters()) if head is not None and s.kind != "mixed" else []
+    if s.kind == "vision":
+        for p in model.parameters():
+            p.requires_grad_(id(p) in vision)
+        return [{"params": V.vision_parameters(model) + extra, "weight_decay": 0.01, "lr_mult": 1.0}]
+    for p in model.parameters():
+        p.requires_grad_(True)
+    mult = s.vision_lr_mult if s.kind == "joint" else 1.0
+    groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
+    for name, p in model.named_parameters():
+        decays = p.ndim >= 2 and "embed" not in name
+        groups.setdefault((decays, id(p) in vision), []).append(p)
+    out: list[dict[str, object]] = [
+        {
+            "params": params,
+            "weight_decay": s.weight_decay if decays else 0.0,
+            "lr_mult": mult if is_vision else 1.0,
+        }
+        for (decays, is_vision), params in groups.items()
+    ]
+    if extra:
+        out.append({"params": extra, "weight_decay": 0.01, "lr_mult": mult})
+    return out
+
+
 def train(
     model: Idefics3ForConditionalGeneration,
     tok: PreTrainedTokenizerFast,
     s: TrainSettings,
     on_eval: Callable[[int, float], None] | None = None,
     exclude: frozenset[pb.Problem] = frozenset(),
+    head: torch.nn.Linear | None = None,
 ) -> dict[str, float]:
-    """Train until the time budget is spent; ``on_eval(step, elapsed)`` runs every ``eval_every_s``."""
+    """Train until the time budget is spent; ``on_eval(step, elapsed)`` runs every ``eval_every_s``.
+    ``head``: the reading head (training/vision.py) for `vision` and `joint` stages."""
+    assert s.kind in KINDS, s.kind
+    assert s.kind == "mixed" or head is not None, "vision and joint stages need the reading head"
     rng = random.Random(s.seed)
     pixel_fn = make_pixel_fn(tok)
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embed" not in n]
-    other = [p for n, p in model.named_parameters() if p.ndim < 2 or "embed" in n]
-    opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": s.weight_decay}, {"params": other, "weight_decay": 0.0}],
-        lr=s.lr,
-        betas=(0.9, 0.98),
-    )
+    groups = _param_groups(model, head, s)
+    opt = torch.optim.AdamW(groups, lr=s.lr, betas=(0.9, 0.98))  # type: ignore[arg-type]
     model.train()
     start = time.monotonic()
     eval_time = 0.0  # time spent evaluating does not count against the training budget
     next_eval = s.eval_every_s
-    step, ema = 0, None
+    step, ema, read_ema = 0, None, None
     budget = s.minutes * 60
     bar = tqdm(
         total=int(budget),
         unit="s",
-        desc="train",
+        desc=f"train ({s.kind})",
         mininterval=5,
         bar_format="{desc}: {percentage:3.0f}%|{bar:20}| {n_fmt}/{total_fmt}s [{elapsed}] {postfix}",
     )
-    for ids, weights, attn, images in batches(tok, s, rng, exclude):
+    stream = image_batches(s, rng, exclude) if s.kind == "vision" else batches(tok, s, rng, exclude)
+    for ids, weights, attn, images, labels in stream:
         elapsed = time.monotonic() - start - eval_time
         if elapsed >= budget:
             break
         lr = lr_at(s, elapsed)
         for g in opt.param_groups:
-            g["lr"] = lr
+            g["lr"] = lr * g["lr_mult"]
         pixels = pixel_fn(images) if images else None
+        read_acc = None
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=s.bf16):
-            loss = loss_fn(model, ids, weights, attn, pixels)
+            if s.kind == "vision":
+                assert pixels is not None and labels is not None and head is not None
+                loss, read_acc = V.reading_loss(head, V.image_tokens(model, pixels), labels)
+            else:
+                loss = loss_fn(model, ids, weights, attn, pixels)
+                if s.kind == "joint" and pixels is not None and labels is not None and head is not None:
+                    read, read_acc = V.reading_loss(head, V.image_tokens(model, pixels), labels)
+                    loss = loss + s.reading_weight * read
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], 1.0)  # type: ignore[attr-defined]
         opt.step()
         step += 1
         ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
+        if read_acc is not None:
+            read_ema = read_acc if read_ema is None else 0.98 * read_ema + 0.02 * read_acc
         bar.n = int(min(elapsed, budget))
-        bar.set_postfix_str(f"step {step} loss {ema:.3f} lr {lr:.1e}")
+        reading = "" if read_ema is None else f" read {read_ema:.0%}"
+        bar.set_postfix_str(f"step {step} loss {ema:.3f}{reading} lr {lr:.1e}")
         if on_eval is not None and elapsed >= next_eval:
             t0 = time.monotonic()
             model.eval()
@@ -174,8 +244,13 @@ def train(
             eval_time += time.monotonic() - t0
             next_eval += s.eval_every_s
     bar.close()
+    for p in model.parameters():
+        p.requires_grad_(True)
     model.eval()
-    return {"steps": float(step), "loss": float(ema or 0.0), "seconds": time.monotonic() - start - eval_time}
+    stats = {"steps": float(step), "loss": float(ema or 0.0), "seconds": time.monotonic() - start - eval_time}
+    if read_ema is not None:
+        stats["reading_accuracy"] = float(read_ema)
+    return stats
 
 
 def save_weights(model: Idefics3ForConditionalGeneration, out: Path) -> None:
