@@ -5,7 +5,8 @@
     python -m training.build --placeholder   # final files with untrained weights (for wiring tests)
     python -m training.build --minutes 30    # one stage of 30 minutes
     python -m training.build --resume DIR --minutes 10 --out OUT   # a further training stage from DIR
-    python -m training.build --resume DIR --from-stage 3 --out OUT # the recipe's stages 3.. from DIR
+    python -m training.build --resume DIR --from-stage 2 --out OUT # the recipe's stages 2.. from DIR
+    python -m training.build --resume DIR --stages vision:30:2e-3,joint:35:3e-4 --out OUT  # experiments
 
 The output is built in ``<out>.partial`` and swapped in at the end, so an engine reading the current
 checkpoint never sees a half-written one.
@@ -42,11 +43,21 @@ class Stage:
 
 # The shipped weights' recipe: 50 minutes at lr 1e-3, then 60 more at 5e-4 from those weights with a
 # fresh optimizer (the second stage took hard text in long mode from 77.5 % to 92.5 % in-process).
-# The vision tower had still not started after those (images at chance): the third stage trains it
-# alone on the dense reading loss (training/vision.py), the fourth teaches the language model to read
-# its tokens, with reading-only examples among the usual mix.
-RECIPE = (Stage(50.0, 1e-3), Stage(60.0, 5e-4), Stage(30.0, 2e-3, "vision"), Stage(35.0, 3e-4, "joint"))
-QUICK = (Stage(1.0, 1e-3), Stage(0.25, 2e-3, "vision"), Stage(0.25, 5e-4, "joint"))
+RECIPE = (Stage(50.0, 1e-3), Stage(60.0, 5e-4))
+
+
+def parse_stages(spec: str) -> list[Stage]:
+    """``kind:minutes:lr,...``, e.g. ``vision:30:2e-3,joint:35:3e-4`` (the image-reading experiment
+    in the model card: stage kinds in training.train.TrainSettings)."""
+    from training.train import KINDS
+
+    stages = []
+    for part in spec.split(","):
+        kind, minutes, lr = part.split(":")
+        if kind not in KINDS:
+            raise ValueError(f"unknown stage kind {kind!r} (one of {', '.join(KINDS)})")
+        stages.append(Stage(float(minutes), float(lr), kind))
+    return stages
 
 
 def build_tokenizer(seed: int) -> PreTrainedTokenizerFast:
@@ -72,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         help="continue training from this checkpoint (a second stage of the time budget)",
     )
     ap.add_argument("--lr", type=float, default=None, help="peak learning rate")
+    ap.add_argument("--stages", type=parse_stages, default=None, help="kind:minutes:lr,... (experiments)")
     ap.add_argument(
         "--from-stage",
         type=int,
@@ -126,7 +138,9 @@ def main(argv: list[str] | None = None) -> int:
 
         first = 1
         if args.quick:
-            stages = list(QUICK)
+            stages = [Stage(1.5, args.lr or tr.TrainSettings.lr)]
+        elif args.stages is not None:
+            stages = args.stages
         elif args.from_stage is not None:
             if args.resume is None or not 1 <= args.from_stage <= len(RECIPE):
                 print(f"--from-stage needs --resume and a stage in 1..{len(RECIPE)}", file=sys.stderr)
@@ -138,10 +152,12 @@ def main(argv: list[str] | None = None) -> int:
             stages = [Stage(minutes, args.lr or tr.TrainSettings.lr)]
         else:
             stages = list(RECIPE)
-        from training import vision
+        head = None
+        if any(stage.kind != "mixed" for stage in stages):
+            from training import vision
 
-        torch.manual_seed(args.seed)
-        head = vision.reading_head(model)  # training only: never saved
+            torch.manual_seed(args.seed)
+            head = vision.reading_head(model)  # training only: never saved
         n_probe = 4 if args.quick else 12
         # --quick checks the pipeline, not the model: short generations keep it within minutes.
         max_new = 48 if args.quick else 500

@@ -1,0 +1,75 @@
+"""The image-reading experiment's pieces (training/vision.py, the `vision` and `joint` stage kinds):
+the reading labels follow the drawn text, and each stage kind trains the parameters it should."""
+
+from __future__ import annotations
+
+import random
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # `training` is not an installed package
+
+from transformers import PreTrainedTokenizerFast  # noqa: E402
+
+from training import modelcfg as mc  # noqa: E402
+from training import problems as pb  # noqa: E402
+from training import train as tr  # noqa: E402
+from training import vision as V  # noqa: E402
+from training.render import render_problem, render_with_layout  # noqa: E402
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_reading_labels_follow_the_drawn_text(seed: int) -> None:
+    rng = random.Random(seed)
+    text = pb.image_text(pb.sample_problem(rng, "hard" if seed % 2 else "easy"), rng)
+    image, layout = render_with_layout(text, random.Random(seed))
+    assert np.array_equal(np.asarray(image), np.asarray(render_problem(text, random.Random(seed))))
+    labels = V.cell_labels(layout)
+    # Row-major over the cells, slot by slot: the text as written, without its spaces.
+    read = "".join(V.CHARS[c] for c in labels.reshape(-1) if c != V.BLANK)
+    assert read == text.replace(" ", "")
+    # Every labelled cell holds ink in the image as the processor squares it.
+    squared = np.asarray(image.convert("L").resize((mc.IMAGE_SIDE, mc.IMAGE_SIDE)))
+    cell = mc.IMAGE_SIDE // V.GRID
+    for row, col in zip(*np.nonzero((labels != V.BLANK).any(-1)), strict=True):
+        assert squared[row * cell : (row + 1) * cell, col * cell : (col + 1) * cell].min() < 128
+
+
+def _tiny_model() -> tuple[torch.nn.Module, PreTrainedTokenizerFast]:
+    tok = PreTrainedTokenizerFast.from_pretrained(str(ROOT / "models" / "thinkgate-arith"))
+    size = mc.Size(hidden=64, layers=1, heads=2, ffn=128, vision_hidden=32, vision_layers=1, vision_heads=2,
+                   vision_ffn=64)  # fmt: skip
+    return tr.new_model(mc.build_config(tok, size), seed=0), tok
+
+
+def _changed(model: torch.nn.Module, before: dict[str, torch.Tensor]) -> tuple[bool, bool]:
+    """(did the language model change, did the vision side change)"""
+    vision = {id(p) for p in V.vision_parameters(model)}
+    text_changed = vision_changed = False
+    for name, p in model.named_parameters():
+        moved = not torch.equal(p.detach(), before[name])
+        if id(p) in vision:
+            vision_changed |= moved
+        else:
+            text_changed |= moved
+    return text_changed, vision_changed
+
+
+@pytest.mark.parametrize(("kind", "expected"), [("vision", (False, True)), ("joint", (True, True))])
+def test_stage_kinds_train_what_they_should(kind: str, expected: tuple[bool, bool]) -> None:
+    torch.manual_seed(0)
+    model, tok = _tiny_model()
+    head = V.reading_head(model)
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    head_before = head.weight.detach().clone()
+    settings = tr.TrainSettings(minutes=0.02, batch=4, pool=1, warmup_s=0.0, kind=kind, seed=1)
+    stats = tr.train(model, tok, settings, head=head)
+    assert stats["steps"] >= 1 and "reading_accuracy" in stats
+    assert _changed(model, before) == expected  # a vision stage leaves the language model alone
+    assert not torch.equal(head.weight.detach(), head_before)
+    assert all(p.requires_grad for p in model.parameters())  # frozen only during the stage
