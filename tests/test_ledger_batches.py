@@ -212,36 +212,49 @@ async def test_a_settlement_waits_for_company_and_leaves_with_the_next_open(tmp_
     books = await _deferring_books(tmp_path, 60.0, begins)
     principal = await books.key(KeyLimits(budget_micros=10_000))
     first = await books.open(principal, 1, 100)
+    await books.open(principal, 2, 100)  # still running: company will come
     counts = TokenCounts(prompt=5, reasoning=20, answer=5)
     settling = asyncio.create_task(books.ledger.settle(first, Outcome("completed", counts, 25)))
     await asyncio.sleep(0.05)
-    assert not settling.done() and books.statuses() == ["open"]  # deferred: nothing else to write
+    assert not settling.done() and books.statuses() == ["open", "open"]  # deferred
     before = len(begins)
-    second = await books.open(principal, 2, 100)  # an open is written at once, with the settlement
+    await books.open(principal, 3, 100)  # an open is written at once, with the settlement
     assert await settling
     assert len(begins) == before + 1
-    assert books.statuses() == ["completed", "open"]
-    assert books.key_row(principal)["reserved_micros"] == second.reserved_micros
+    assert books.statuses() == ["completed", "open", "open"]
+    assert books.key_row(principal)["reserved_micros"] == 200
     await books.ledger.close()
 
 
-async def test_a_lone_settlement_is_written_when_its_wait_ends_or_at_close(tmp_path: Path) -> None:
+async def test_a_lone_request_settles_at_once_and_a_deferred_one_when_its_wait_ends(tmp_path: Path) -> None:
     begins: list[str] = []
-    books = await _deferring_books(tmp_path, 0.05, begins)
+    books = await _deferring_books(tmp_path, 60.0, begins)
     principal = await books.key(KeyLimits(budget_micros=10_000))
-    handle = await books.open(principal, 1, 100)
     outcome = Outcome("completed", TokenCounts(prompt=1, answer=1), 1)
-    assert await asyncio.wait_for(books.ledger.settle(handle, outcome), 5)
-    assert books.statuses() == ["completed"]
+    alone = await books.open(principal, 1, 100)
+    # No other request is running, so no company is coming: not deferred (else 60 s here).
+    assert await asyncio.wait_for(books.ledger.settle(alone, outcome), 5)
 
-    books.ledger.writer.defer_s = 60.0  # type: ignore[union-attr]
-    late = await books.open(principal, 2, 100)
-    settling = asyncio.create_task(books.ledger.settle(late, outcome))
+    writer = books.ledger.writer
+    assert writer is not None
+    writer.defer_s = 0.05
+    first, _ = await books.open(principal, 2, 100), await books.open(principal, 3, 100)
+    assert await asyncio.wait_for(books.ledger.settle(first, outcome), 5)  # after its 50 ms
+    assert books.statuses() == ["completed", "completed", "open"]
+
+
+async def test_close_writes_a_deferred_settlement(tmp_path: Path) -> None:
+    begins: list[str] = []
+    books = await _deferring_books(tmp_path, 60.0, begins)
+    principal = await books.key(KeyLimits(budget_micros=10_000))
+    first, _ = await books.open(principal, 1, 100), await books.open(principal, 2, 100)
+    outcome = Outcome("completed", TokenCounts(prompt=1, answer=1), 1)
+    settling = asyncio.create_task(books.ledger.settle(first, outcome))
     await asyncio.sleep(0.05)
     assert not settling.done()
     await books.ledger.close()  # shutting down writes what was waiting
     assert settling.done() and settling.result() is True
-    assert books.statuses() == ["completed", "completed"]
+    assert books.statuses() == ["completed", "open"]
 
 
 async def test_an_op_that_fails_outside_a_savepoint_fails_alone(tmp_path: Path) -> None:

@@ -96,6 +96,7 @@ class Ledger:
         self.writer = writer
         self._settlements: list[_Settlement] = []
         self._settler: asyncio.Task[None] | None = None
+        self._running = 0  # requests opened and not yet settled by this gateway
 
     async def open(
         self,
@@ -148,6 +149,7 @@ class Ledger:
                 "max_completion_tokens), more than the key's remaining budget. Lower "
                 "max_completion_tokens or raise the key's budget."
             )
+        self._running += 1
         return OpenRequest(
             request_id, principal.key_id, has_row, reserve_micros, now, principal, window, rate_tokens
         )
@@ -241,7 +243,7 @@ class Ledger:
     async def checkpoint(self, handle: OpenRequest, counts: TokenCounts) -> None:
         """Save progress of a long stream, so a gateway crash bills what was generated until then."""
         if self.writer is not None:
-            await self.writer.submit(CheckpointOp(handle.request_id, _count_columns(counts)))
+            await self.writer.submit(CheckpointOp(handle.request_id, _count_columns(counts)), defer=True)
             return
         async with self.engine.begin() as conn:
             await conn.execute(
@@ -265,8 +267,10 @@ class Ledger:
         together in the next transaction (group commit): under load the database connection is
         taken once per batch instead of once per request.
         """
+        self._running = max(self._running - 1, 0)
         if self.writer is not None:
-            closed: bool = await self.writer.submit(_settle_op(handle, outcome, response_json, limiter))
+            op = _settle_op(handle, outcome, response_json, limiter)
+            closed: bool = await self.writer.submit(op, defer=self._running > 0)
             return closed
         done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._settlements.append(_Settlement(handle, outcome, response_json, limiter, time.time(), done))
