@@ -13,6 +13,7 @@ import asyncio
 import sqlite3
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from support import query_db
@@ -57,13 +58,20 @@ class Books:
         return sorted(str(r["status"]) for r in query_db(self.url, "SELECT status FROM usage_records"))
 
 
-async def new_books(tmp_path: Path, writer_kind: str) -> tuple[Books, SqliteWriter | None]:
-    """A migrated ledger database; `writer_kind`: sqlalchemy, batched or inline (see `books`)."""
+async def new_books(
+    tmp_path: Path, writer_kind: str, **writer_options: Any
+) -> tuple[Books, SqliteWriter | None]:
+    """A migrated ledger database; `writer_kind`: sqlalchemy, batched or inline (see `books`);
+    `writer_options`: more arguments for the SqliteWriter."""
     url = f"sqlite:///{tmp_path / 'ledger.db'}"
     await migrate(url)
     db = create_engine(url)
     path = str(tmp_path / "ledger.db")
-    writer = None if writer_kind == "sqlalchemy" else SqliteWriter(path, inline=writer_kind == "inline")
+    writer = (
+        None
+        if writer_kind == "sqlalchemy"
+        else SqliteWriter(path, inline=writer_kind == "inline", **writer_options)
+    )
     ledger = Ledger(db, "instance-1", lambda model, mode, counts: counts.completion, writer)
     return Books(url, ledger, KeyStore(db, writer), RateLimiter(db)), writer
 
@@ -199,12 +207,8 @@ def _counting_connect(begins: list[str]) -> Callable[[str], sqlite3.Connection]:
 
 
 async def _deferring_books(tmp_path: Path, defer_s: float, begins: list[str]) -> Books:
-    url = f"sqlite:///{tmp_path / 'ledger.db'}"
-    await migrate(url)
-    db = create_engine(url)
-    writer = SqliteWriter(str(tmp_path / "ledger.db"), _counting_connect(begins), defer_s=defer_s)
-    ledger = Ledger(db, "instance-1", lambda model, mode, counts: counts.completion, writer)
-    return Books(url, ledger, KeyStore(db, writer), RateLimiter(db))
+    books, _ = await new_books(tmp_path, "inline", connect=_counting_connect(begins), defer_s=defer_s)
+    return books
 
 
 async def test_a_settlement_waits_for_company_and_leaves_with_the_next_open(tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -130,8 +131,14 @@ def loss_fn(
     weights: torch.Tensor,
     attn: torch.Tensor,
     pixels: torch.Tensor | None,
+    encoded: Any = None,
 ) -> torch.Tensor:
-    out = model(input_ids=ids, attention_mask=attn, pixel_values=pixels)
+    """`encoded`: the images already through the vision tower (`vision.encode_images`), instead of
+    `pixels`."""
+    if encoded is not None:
+        out = model(input_ids=ids, attention_mask=attn, mm_encoder_outputs={"image": encoded})
+    else:
+        out = model(input_ids=ids, attention_mask=attn, pixel_values=pixels)
     logits = out.logits[:, :-1].float()
     target, w = ids[:, 1:], weights[:, 1:]
     nll = F.cross_entropy(logits.reshape(-1, logits.size(-1)), target.reshape(-1), reduction="none")
@@ -217,14 +224,14 @@ def train(
         pixels = pixel_fn(images) if images else None
         read_acc = None
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=s.bf16):
-            if s.kind == "vision":
-                assert pixels is not None and labels is not None and head is not None
-                loss, read_acc = V.reading_loss(head, V.image_tokens(model, pixels), labels)
-            else:
+            if s.kind == "mixed" or pixels is None or labels is None or head is None:
                 loss = loss_fn(model, ids, weights, attn, pixels)
-                if s.kind == "joint" and pixels is not None and labels is not None and head is not None:
-                    read, read_acc = V.reading_loss(head, V.image_tokens(model, pixels), labels)
-                    loss = loss + s.reading_weight * read
+            else:
+                encoded = V.encode_images(model, pixels)
+                loss, read_acc = V.reading_loss(head, V.image_tokens(encoded, len(images)), labels)
+                if s.kind == "joint":
+                    lm_loss = loss_fn(model, ids, weights, attn, None, encoded)
+                    loss = lm_loss + s.reading_weight * loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], 1.0)  # type: ignore[attr-defined]

@@ -21,6 +21,8 @@ reading becomes a copy by position, as it is from text).
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -61,11 +63,16 @@ def vision_parameters(model: Idefics3ForConditionalGeneration) -> list[torch.nn.
     return [p for n, p in model.named_parameters() if "text_model" not in n and "lm_head" not in n]
 
 
-def image_tokens(model: Idefics3ForConditionalGeneration, pixels: torch.Tensor) -> torch.Tensor:
+def encode_images(model: Idefics3ForConditionalGeneration, pixels: torch.Tensor) -> Any:
+    """The vision tower and connector on `pixels`, in the form the model's forward takes back
+    (``mm_encoder_outputs={"image": ...}``), so a `joint` step runs the tower once for both losses."""
+    return model.model.get_image_features(pixels, return_dict=True)
+
+
+def image_tokens(encoded: Any, n_images: int) -> torch.Tensor:
     """(images, GRID*GRID, hidden): the connector's output, i.e. what the language model reads."""
-    out = model.model.get_image_features(pixels)
-    features = out if isinstance(out, torch.Tensor) else out.pooler_output
-    return features.reshape(pixels.shape[1], GRID * GRID, -1)
+    features: torch.Tensor = encoded.pooler_output
+    return features.reshape(n_images, GRID * GRID, -1)
 
 
 def reading_loss(

@@ -13,9 +13,10 @@ see `SqliteWriter._write_on_loop`.
 An operation that can be refused (an open: rate limit, duplicate Idempotency-Key) runs inside its
 own SAVEPOINT, so it is undone alone, exactly as if it had had its own transaction, while the rest of
 the batch commits; the others run bare, and if one fails anyway the batch is redone with savepoints
-(see `_transaction`). Settlements and checkpoints wait up to a millisecond for company (see
-`SqliteWriter._schedule`). Everything else (usage reads, key management, reconciliation) stays on SQLAlchemy;
-both connections share the database file under SQLite's own locking.
+(see `_transaction`). Checkpoints, and settlements while other requests run, wait up to a
+millisecond for company (see `SqliteWriter._schedule`). Everything else (usage reads, key management,
+reconciliation) stays on SQLAlchemy; both connections share the database file under SQLite's own
+locking.
 """
 
 from __future__ import annotations
