@@ -67,6 +67,7 @@ class ChatRun:
         direct: EngineTransport | None = None,
         affinity: str | None = None,
         keep_text: bool = False,
+        counts_per_chunk: bool = False,
     ) -> None:
         self.prepared = prepared
         self.pool = pool
@@ -81,7 +82,11 @@ class ChatRun:
             and prepared.request.n == 1
         )
         self.keep_text = keep_text or self.force_budget
-        self.starts_in_reasoning = profile.always_thinks and prepared.decision.mode == "long"
+        # Each chunk carries the counts as of itself under "usage" (a TokenCounts), for clients that
+        # ask for usage on every chunk: a batch is normalised before any of it is sent.
+        self.counts_per_chunk = counts_per_chunk
+        self._long = prepared.decision.mode == "long"
+        self.starts_in_reasoning = profile.always_thinks and self._long
         self.choices: dict[int, ChoiceState] = {}
         self.prompt_tokens = 0
         self.cached_tokens = 0
@@ -89,6 +94,9 @@ class ChatRun:
         self.answer_tokens = 0
         self.engine_reasoning_tokens: int | None = None
         self._seen_completion = 0
+        # The engine's latest cumulative usage, not yet counted, and whether its tokens were reasoning:
+        # counting waits for a change of phase or a reader, not every chunk (see _count_held_usage).
+        self._held_usage: tuple[dict[str, Any], bool] | None = None
         self._engine_parses = False
         self._count_prompt = True
         self.started = time.perf_counter()
@@ -98,11 +106,13 @@ class ChatRun:
         self.created = int(time.time())
         self._pending: tuple[httpx.Response, Replica] | None = None
         self._streaming: tuple[httpx.Response, Replica] | None = None  # being read by chunks()
+        self._budget_hit = False  # the current engine stream was cut at the thinking budget
 
     # -- accounting ---------------------------------------------------------------------------
 
     @property
     def counts(self) -> TokenCounts:
+        self._count_held_usage()
         reasoning = self.reasoning_tokens
         answer = self.answer_tokens
         if self.engine_reasoning_tokens is not None and not self.forced_end:
@@ -137,6 +147,20 @@ class ChatRun:
             )
             state = self.choices[index] = ChoiceState(splitter)
         return state
+
+    def _hold_usage(self, usage: dict[str, Any], phase_is_reasoning: bool) -> None:
+        """Keep the engine's cumulative usage for counting later. The counts are cumulative, so only
+        the last usage of each run of same-phase chunks needs counting: it is counted when the phase
+        changes or when the counters are read (`counts`, the budget check, a continuation)."""
+        held = self._held_usage
+        if held is not None and held[1] != phase_is_reasoning:
+            self._count_usage(*held)
+        self._held_usage = (usage, phase_is_reasoning)
+
+    def _count_held_usage(self) -> None:
+        if self._held_usage is not None:
+            held, self._held_usage = self._held_usage, None
+            self._count_usage(*held)
 
     def _count_usage(self, usage: dict[str, Any], phase_is_reasoning: bool) -> None:
         if self._count_prompt:
@@ -195,8 +219,10 @@ class ChatRun:
         """Connect to the engine; errors before the first byte surface here, as proper HTTP errors."""
         self._pending = await self._open(self.prepared.body)
 
-    async def chunks(self) -> AsyncIterator[dict[str, Any]]:
-        """Normalised chunks: reasoning under `reasoning_content`/`reasoning`, never in `content`."""
+    async def chunks(self) -> AsyncIterator[list[dict[str, Any]]]:
+        """Normalised chunks (reasoning under `reasoning_content`/`reasoning`, never in `content`), one
+        list per piece of the engine's stream: a busy engine's tokens arrive many to a read, and
+        handing them on together saves a generator hop and a write per token."""
         body = self.prepared.body
         while True:
             if self._pending is not None:
@@ -205,25 +231,23 @@ class ChatRun:
                 response, replica = await self._open(body)
             self.replica = replica
             self._streaming = (response, replica)
-            budget_hit = False
+            self._budget_hit = False
             try:
                 async with contextlib.aclosing(self._relay(response)) as relay:
-                    async for chunk in relay:
-                        yield chunk
-                        if self.force_budget and self._over_budget():
-                            budget_hit = True
-                            break
+                    async for batch in relay:
+                        yield batch
             finally:
                 if self._streaming is not None:  # not already released by close()
                     self._streaming = None
                     replica.in_flight -= 1
                 await response.aclose()
-            if not budget_hit:
+            if not self._budget_hit:
                 break
             # Thinking budget reached and the engine cannot enforce it: close the reasoning and let
             # the engine continue with the answer (prefix-cached), within the remaining token bound.
             self.forced_end = True
             self.force_budget = False
+            self._count_held_usage()
             remaining = int(body["max_tokens"]) - self._seen_completion
             state = self._choice(0)
             if remaining <= 0:
@@ -249,6 +273,7 @@ class ChatRun:
         self._pending = self._streaming = None
 
     def _over_budget(self) -> bool:
+        self._count_held_usage()
         budget = self.prepared.decision.thinking_budget
         state = self.choices.get(0)
         return (
@@ -258,82 +283,115 @@ class ChatRun:
             and self.reasoning_tokens >= budget
         )
 
-    async def _relay(self, response: httpx.Response) -> AsyncGenerator[dict[str, Any], None]:
+    async def _relay(self, response: httpx.Response) -> AsyncGenerator[list[dict[str, Any]], None]:
         try:
-            async for chunk in self._parse(response):
-                yield chunk
+            async for batch in self._parse(response):
+                yield batch
         except httpx.HTTPError as exc:  # the connection broke mid-stream
             raise EngineFailure(f"the engine connection broke: {type(exc).__name__}: {exc}") from exc
 
-    async def _parse(self, response: httpx.Response) -> AsyncIterator[dict[str, Any]]:
+    async def _parse(self, response: httpx.Response) -> AsyncIterator[list[dict[str, Any]]]:
         # SSE split on raw bytes: no text decoding and no line objects per chunk (the hot path).
         stream = _sse_data(response)
         async for payloads in stream:
+            batch: list[dict[str, Any]] = []
             for payload in payloads:
                 if payload == b"[DONE]":
+                    if batch:
+                        yield batch
                     await _drain(stream)
                     return
                 try:
-                    chunk = orjson.loads(payload)
-                except orjson.JSONDecodeError as exc:
-                    text = payload[:200].decode(errors="replace")
-                    raise EngineFailure(f"engine sent invalid JSON: {text!r}") from exc
-                if "error" in chunk:
-                    error = chunk["error"]
-                    message = error.get("message") if isinstance(error, dict) else str(error)
-                    raise EngineFailure(f"engine error: {message}")
-                normalised = self._normalise(chunk)
-                if normalised is not None:
-                    yield normalised
+                    normalised = self._normalise(_engine_chunk(payload))
+                except EngineFailure:
+                    if batch:
+                        yield batch  # what came before the failure was sent by the engine all right
+                    raise
+                if normalised is None:
+                    continue
+                batch.append(normalised)
+                if self.force_budget and self._over_budget():
+                    # Thinking budget reached: end here, chunks() continues with the answer.
+                    self._budget_hit = True
+                    yield batch
+                    return
+            if batch:
+                yield batch
         raise EngineFailure("engine closed the stream before [DONE]")
 
     def _normalise(self, chunk: dict[str, Any]) -> dict[str, Any] | None:
+        """Rewrite one engine chunk in place (the hot path: one call per token), counting as it goes."""
         usage = chunk.pop("usage", None)
+        choices = chunk.get("choices")
         phase_is_reasoning = False
         has_text = False
-        for choice in chunk.get("choices") or ():
-            state = self._choice(int(choice.get("index", 0)))
-            delta = choice.get("delta") or {}
-            reasoning = delta.pop("reasoning", None) or delta.pop("reasoning_content", None) or ""
-            delta.pop("reasoning_content", None)
+        for choice in choices or ():
+            index = choice.get("index") or 0
+            state = self.choices.get(index) or self._choice(index)
+            delta = choice.get("delta")
+            if not isinstance(delta, dict):
+                delta = choice["delta"] = {}
+            reasoning = delta.pop("reasoning", None)
+            aliased = delta.pop("reasoning_content", None)
+            reasoning = reasoning or aliased or ""
             original = delta.get("content")
             content = original or ""
+            splitter = None if self._engine_parses else state.splitter
             if reasoning:
                 self._engine_parses = True
-            elif content and not self._engine_parses and state.splitter is not None:
-                reasoning, content = state.splitter.feed(content)
-            if choice.get("finish_reason"):
-                state.finish_reason = choice["finish_reason"]
-                if not self._engine_parses and state.splitter is not None:
-                    tail_reasoning, tail_content = state.splitter.flush()
+                splitter = None
+            elif content and splitter is not None:
+                reasoning, content = splitter.feed(content)
+            finish_reason = choice.get("finish_reason")
+            if finish_reason:
+                state.finish_reason = finish_reason
+                if splitter is not None:
+                    tail_reasoning, tail_content = splitter.flush()
                     reasoning += tail_reasoning
                     content += tail_content
             if reasoning:
                 delta["reasoning_content"] = delta["reasoning"] = reasoning
-                phase_is_reasoning = True
+                phase_is_reasoning = has_text = True
                 if self.keep_text:
                     state.reasoning.append(reasoning)
             if content:
                 delta["content"] = content
-                state.in_answer = True
+                state.in_answer = has_text = True
                 if self.keep_text:
                     state.content.append(content)
             elif original:
-                delta.pop("content")  # all of it was reasoning
+                del delta["content"]  # all of it was reasoning, or is held back as a possible tag
+            if not (reasoning or content):  # no text: the tokens belong to the phase we are in
+                phase_is_reasoning = phase_is_reasoning or (not state.in_answer and self._long)
             if self.keep_text and delta.get("tool_calls"):
                 state.merge_tool_calls(delta["tool_calls"])
-            if not (reasoning or content):
-                phase_is_reasoning = phase_is_reasoning or (
-                    not state.in_answer and self.prepared.decision.mode == "long"
-                )
-            has_text = has_text or bool(reasoning or content)
         if has_text and self.first_token_at is None:
             self.first_token_at = time.perf_counter()
         if usage:
-            self._count_usage(usage, phase_is_reasoning)
-        if not chunk.get("choices"):
+            self._hold_usage(usage, phase_is_reasoning)
+        if not choices:
             return None
+        if self.counts_per_chunk:
+            chunk["usage"] = self.counts
         return chunk
+
+
+def _preview(payload: bytes) -> str:
+    return payload[:200].decode(errors="replace")
+
+
+def _engine_chunk(payload: bytes) -> dict[str, Any]:
+    try:
+        chunk = orjson.loads(payload)
+    except orjson.JSONDecodeError as exc:
+        raise EngineFailure(f"engine sent invalid JSON: {_preview(payload)!r}") from exc
+    if not isinstance(chunk, dict):
+        raise EngineFailure(f"engine sent a chunk that is not a JSON object: {_preview(payload)!r}")
+    if "error" in chunk:
+        error = chunk["error"]
+        message = error.get("message") if isinstance(error, dict) else str(error)
+        raise EngineFailure(f"engine error: {message}")
+    return chunk
 
 
 async def _drain(stream: AsyncIterator[list[bytes]]) -> None:

@@ -117,7 +117,7 @@ async def test_rate_limited_requests_in_a_batch_undo_only_themselves(books: Book
 
 
 async def test_a_duplicate_idempotency_key_in_the_same_batch_is_refused_alone(books: Books) -> None:
-    principal = await books.key(KeyLimits(budget_micros=10_000))
+    principal = await books.key(KeyLimits(budget_micros=10_000, rpm=100))
     first, second, other = await asyncio.gather(
         books.open(principal, 1, 100, idem="same"),
         books.open(principal, 2, 100, idem="same"),
@@ -126,8 +126,29 @@ async def test_a_duplicate_idempotency_key_in_the_same_batch_is_refused_alone(bo
     )
     assert isinstance(first, OpenRequest) and isinstance(other, OpenRequest)
     assert isinstance(second, IdempotencyConflict)
-    assert books.key_row(principal)["reserved_micros"] == 200
+    assert books.key_row(principal)["reserved_micros"] == 200  # the refused one reserved nothing
     assert books.statuses() == ["open", "open"]
+    window = query_db(books.url, "SELECT requests, tokens FROM rate_windows")
+    assert window == [{"requests": 2, "tokens": 200}]  # ... and was not counted
+
+
+async def test_settlements_of_one_batch_release_their_sum(books: Books) -> None:
+    principal = await books.key(KeyLimits(budget_micros=10_000, rpm=100, tpm=100_000))
+    opened = await asyncio.gather(*(books.open(principal, i, 300) for i in range(6)))
+
+    # Six settlements at once (one batch): each request used 10 + i tokens and cost 20 + i.
+    def outcome(i: int) -> Outcome:
+        return Outcome("completed", TokenCounts(prompt=4, answer=6 + i), 20 + i)
+
+    settled = await asyncio.gather(
+        *(books.ledger.settle(handle, outcome(i), limiter=books.limiter) for i, handle in enumerate(opened)),
+        books.ledger.settle(opened[0], Outcome("completed", TokenCounts(), 999), limiter=books.limiter),
+    )
+    assert settled.count(True) == 6  # the repeated settlement of the first request changed nothing
+    row = books.key_row(principal)
+    assert (row["reserved_micros"], row["spent_micros"]) == (0, sum(20 + i for i in range(6)))
+    window = query_db(books.url, "SELECT requests, tokens FROM rate_windows")
+    assert window == [{"requests": 6, "tokens": sum(10 + i for i in range(6))}]
 
 
 async def test_checkpoints_and_revocation_are_seen_at_once(books: Books) -> None:

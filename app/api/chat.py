@@ -21,13 +21,13 @@ from starlette.responses import Response, StreamingResponse
 
 from app.api.deps import CurrentPrincipal, GatewayDep, get_principal
 from app.api.protocol import ChatCompletionRequest
-from app.api.responses import FLUSH, DeferredJSONResponse, SSEResponse
+from app.api.responses import END, FLUSH, DeferredJSONResponse, SSEResponse
 from app.chat import PreparedChat, new_request_id, prepare_chat
 from app.errors import APIError, IdempotencyConflict, InvalidRequest, RateLimited, UpstreamError
 from app.gateway import Gateway
 from app.keys import Principal
 from app.metering.ledger import OpenRequest, Outcome
-from app.metering.prices import cost_micros, format_usd, to_usd, worst_case_micros
+from app.metering.prices import TokenCounts, cost_micros, format_usd, to_usd, worst_case_micros
 from app.relay import ChatRun, EngineFailure
 
 MAX_IDEMPOTENCY_KEY = 200
@@ -194,6 +194,7 @@ class Completion:
             raise
         self.request_id = prepared.request_id
         keep_text = not self.request.stream or self.idempotency_key is not None
+        options = self.request.stream_options
         self.run = ChatRun(
             prepared,
             gateway.pool,
@@ -201,6 +202,7 @@ class Completion:
             direct=gateway.engine_transport,
             affinity=_affinity(self.principal, self.request) if gateway.settings.affinity else None,
             keep_text=keep_text,
+            counts_per_chunk=bool(self.request.stream and options and options.continuous_usage_stats),
         )
         gateway.metrics.in_flight.inc()
         try:
@@ -221,13 +223,15 @@ class Completion:
 
     # -- shared pieces ----------------------------------------------------------------------------
 
-    def _cost(self) -> int:
+    def _cost(self, counts: TokenCounts | None = None) -> int:
         assert self.prepared is not None and self.run is not None
-        return cost_micros(self.prepared.profile.prices[self.prepared.decision.mode], self.run.counts)
+        prices = self.prepared.profile.prices[self.prepared.decision.mode]
+        return cost_micros(prices, counts or self.run.counts)
 
-    def _usage(self) -> dict[str, Any]:
+    def _usage(self, counts: TokenCounts | None = None) -> dict[str, Any]:
+        """The OpenAI usage object, for the run so far or for `counts` (a chunk's own)."""
         assert self.run is not None
-        counts = self.run.counts
+        counts = counts or self.run.counts
         return {
             "prompt_tokens": counts.prompt,
             "completion_tokens": counts.completion,
@@ -237,7 +241,7 @@ class Completion:
                 "reasoning_tokens": counts.reasoning,
                 "answer_tokens": counts.answer,
             },
-            "cost": to_usd(self._cost()),
+            "cost": to_usd(self._cost(counts)),
         }
 
     def _mode_fields(self) -> dict[str, str]:
@@ -268,17 +272,21 @@ class Completion:
         request = self.request
         options = request.stream_options
         include_usage = bool(options and options.include_usage)
-        continuous = bool(options and options.continuous_usage_stats)
+        continuous = self.run.counts_per_chunk
         hide_reasoning = not self.prepared.decision.include_reasoning
         fixed = {"id": self.request_id, "model": request.model, **self._mode_fields()}
         try:
-            async for chunk in self.run.chunks():
-                chunk.update(fixed)
-                if hide_reasoning and not _strip_reasoning(chunk):
-                    continue
-                if continuous:
-                    chunk["usage"] = self._usage()
-                yield b"data: " + orjson.dumps(chunk) + b"\n\n"
+            async for batch in self.run.chunks():
+                events = []
+                for chunk in batch:
+                    chunk.update(fixed)
+                    if hide_reasoning and not _strip_reasoning(chunk):
+                        continue
+                    if continuous:
+                        chunk["usage"] = self._usage(chunk["usage"])
+                    events.append(b"data: " + orjson.dumps(chunk) + b"\n\n")
+                if events:
+                    yield b"".join(events) if len(events) > 1 else events[0]
                 self._maybe_checkpoint()
             self.status = self._final_status()
         except (EngineFailure, APIError) as error:
@@ -302,7 +310,7 @@ class Completion:
                 "usage": self._usage(),
             }
             yield b"data: " + orjson.dumps(final) + b"\n\n"
-        yield b"data: [DONE]\n\n"
+        yield END
 
     # -- not streaming ----------------------------------------------------------------------------
 

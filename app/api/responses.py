@@ -56,67 +56,11 @@ async def _race(work: Coroutine[Any, Any, Any], receive: Receive) -> bool:
     return False
 
 
-# Frames produced but not yet written before the producer waits (backpressure from a slow client).
-READ_AHEAD = 256
-# Yielded by a frames iterator: continue only once everything before it has been written to the
-# client (e.g. before settling a request: a client that left before the end is then seen as gone).
+# Yielded by a frames iterator: continue only once everything before it has been handed to the
+# server (e.g. before settling a request: a client that left before the end is then seen as gone).
 FLUSH = b""
-
-
-async def _coalesced(frames: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    """The frames, joined into one write whenever several are ready together.
-
-    A task of its own pulls the frames (reading the engine) while the caller writes: when the
-    engine is ahead, everything that arrived while the previous write went out is sent in one go,
-    one ASGI send and one socket write per burst instead of per token. Each loop turn waits for the
-    producer at least once, so a client's disconnect is noticed even when the engine never waits.
-    A `FLUSH` from the frames holds the producer until everything before it has been written.
-    The first frame is handed over on its own, so a burst never delays the time to first token.
-    """
-    ready: list[bytes] = []
-    wake, space, written = asyncio.Event(), asyncio.Event(), asyncio.Event()
-    space.set()
-
-    async def produce() -> None:
-        first = True
-        try:
-            async for frame in frames:
-                if frame is FLUSH or not frame:
-                    written.clear()
-                    wake.set()
-                    await written.wait()
-                    continue
-                ready.append(frame)
-                wake.set()
-                if first:  # the first token goes out at once, not after the rest of its burst
-                    first = False
-                    await asyncio.sleep(0)
-                elif len(ready) >= READ_AHEAD:
-                    space.clear()
-                    await space.wait()
-        finally:
-            wake.set()
-
-    producer = asyncio.ensure_future(produce())
-    try:
-        while True:
-            if not ready and not producer.done():
-                written.set()  # all that was produced has been written (each yield returns after it)
-                await wake.wait()
-            wake.clear()
-            if ready:
-                batch = b"".join(ready) if len(ready) > 1 else ready[0]
-                ready.clear()
-                space.set()
-                yield batch
-            elif producer.done():
-                producer.result()  # the frames' own error, if they failed
-                return
-    finally:
-        if not producer.done():
-            producer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await producer
+# The last frame of a stream, sent together with the end of the body (one socket write, not two).
+END = b"data: [DONE]\n\n"
 
 
 def _headers(headers: dict[str, str], content_type: bytes) -> list[tuple[bytes, bytes]]:
@@ -147,8 +91,15 @@ class SSEResponse(Response):
             )
 
             async def pump() -> None:
-                async for frames in _coalesced(self.frames):
-                    await send({"type": "http.response.body", "body": frames, "more_body": True})
+                # Each frame is handed to the server as it comes: the relay already joins the tokens
+                # that arrive together, and the server's `send` waits only when the client is slow
+                # (backpressure). A FLUSH therefore holds nothing back: the frames before it are out.
+                async for frame in self.frames:
+                    if frame is END:
+                        await send({"type": "http.response.body", "body": frame, "more_body": False})
+                        return
+                    if frame:
+                        await send({"type": "http.response.body", "body": frame, "more_body": True})
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
 
             disconnected = await _race(pump(), receive)
