@@ -173,6 +173,9 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> FastAPI:
         built = gateway or Gateway.build(settings)
         app.state.gateway = built
         await built.start()
+        import gc, os
+        if not os.environ.get("TG_NOFREEZE"):
+            gc.freeze()
         try:
             yield
         finally:
