@@ -14,7 +14,7 @@ from app.config import Settings
 from app.db.engine import create_engine, migrate, sqlite_file
 from app.engine.launcher import EmbeddedEngine
 from app.engine.pool import UpstreamPool
-from app.engine.transport import EngineTransport
+from app.engine.transport import EngineTransport, mount_pattern, serves
 from app.keys import KeyStore
 from app.media import ImageLimits
 from app.metering.ledger import Ledger
@@ -82,7 +82,7 @@ class Gateway:
             limits=httpx.Limits(max_connections=1000, max_keepalive_connections=200),
             follow_redirects=False,
             trust_env=False,
-            mounts={_origin(url): fast for url in upstreams if url.startswith("http://")},
+            mounts={mount_pattern(url): fast for url in upstreams if serves(url)},
         )
         media = MediaPolicy(
             ImageLimits(
@@ -139,10 +139,3 @@ class Gateway:
             await self.engine.stop()
         await self.client.aclose()
         await self.ledger.close()
-
-
-def _origin(url: str) -> str:
-    """The mount pattern of an engine URL: scheme, host and port (httpx drops a default port)."""
-    parsed = httpx.URL(url)
-    port = f":{parsed.port}" if parsed.port is not None else ""
-    return f"{parsed.scheme}://{parsed.host}{port}"

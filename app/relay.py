@@ -19,7 +19,7 @@ import orjson
 
 from app.chat import PreparedChat, continuation_body
 from app.engine.pool import Replica, UpstreamPool
-from app.engine.transport import EngineTransport
+from app.engine.transport import EngineTransport, serves
 from app.errors import APIError, EngineUnavailable, InvalidRequest, UpstreamError
 from app.metering.prices import TokenCounts
 from app.reasoning import ThinkSplitter
@@ -192,7 +192,7 @@ class ChatRun:
             headers = {"content-type": "application/json", "x-request-id": self.prepared.request_id}
             replica.in_flight += 1
             try:
-                if self.direct is not None and url.startswith("http://"):
+                if self.direct is not None and serves(url):
                     response = await self.direct.post(url, payload, headers, self.client.timeout)
                 else:
                     request = self.client.build_request("POST", url, content=payload, headers=headers)

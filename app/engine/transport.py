@@ -209,7 +209,7 @@ class EngineTransport(httpx.AsyncBaseTransport):
         head = _head(request.method.encode(), url.raw_path, request.headers.raw)
         body = await request.aread()
         timeouts = request.extensions.get("timeout", {})
-        return await self._exchange((url.host, url.port or 80), head, body, timeouts)
+        return await self._exchange(_origin(url), head, body, timeouts)
 
     async def post(
         self, url: str, body: bytes, headers: dict[str, str], timeout: httpx.Timeout
@@ -279,15 +279,31 @@ class EngineTransport(httpx.AsyncBaseTransport):
         self._idle.clear()
 
 
+def serves(url: str) -> bool:
+    """Whether an engine URL goes through this transport: plain http:// (TLS stays with httpx's own)."""
+    return url.startswith("http://")
+
+
+def mount_pattern(url: str) -> str:
+    """httpx's mount key for an engine URL: scheme, host and port (httpx drops a default port)."""
+    parsed = httpx.URL(url)
+    port = f":{parsed.port}" if parsed.port is not None else ""
+    return f"{parsed.scheme}://{parsed.host}{port}"
+
+
+def _origin(url: httpx.URL) -> tuple[str, int]:
+    """The key of a connection pool: host and port."""
+    return url.host, url.port or 80
+
+
 @lru_cache(maxsize=256)
 def _target(url: str) -> tuple[tuple[str, int], bytes, bytes]:
     """(origin, path with query, Host header value) of an http:// URL."""
     parsed = httpx.URL(url)
     if parsed.scheme != "http":
         raise httpx.UnsupportedProtocol(f"EngineTransport serves http:// only, not {url}")
-    port = parsed.port or 80
-    host = parsed.host if parsed.port is None else f"{parsed.host}:{port}"
-    return (parsed.host, port), parsed.raw_path, host.encode()
+    host = parsed.host if parsed.port is None else f"{parsed.host}:{parsed.port}"
+    return _origin(parsed), parsed.raw_path, host.encode()
 
 
 def _head(method: bytes, path: bytes, fields: Iterable[tuple[bytes, bytes]]) -> bytes:
