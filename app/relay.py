@@ -35,6 +35,9 @@ class ChoiceState:
     content: list[str] = field(default_factory=list)
     finish_reason: str | None = None
     in_answer: bool = False
+    # Newlines still to drop at the start of the answer when the engine splits the reasoning itself:
+    # vLLM's parsers leave the "\n\n" after </think> in `content`; ThinkSplitter drops them.
+    separator_left: int = 2
     tool_calls: dict[int, dict[str, Any]] = field(default_factory=dict)
 
     def merge_tool_calls(self, deltas: list[dict[str, Any]]) -> None:
@@ -255,6 +258,7 @@ class ChatRun:
                 break
             body = continuation_body(body, self.prepared.profile, "".join(state.reasoning), remaining)
             state.in_answer = True
+            state.separator_left = 0
             state.splitter = None  # the continuation is all answer
             # The continuation is a new engine request: its counters start from zero, and its
             # prompt (ours: the original prompt plus the reasoning) is not the client's to pay.
@@ -336,6 +340,8 @@ class ChatRun:
             reasoning = reasoning or aliased or ""
             original = delta.get("content")
             content = original or ""
+            if content and state.separator_left and (self._engine_parses or reasoning):
+                content = _drop_separator(state, content)
             splitter = None if self._engine_parses else state.splitter
             if reasoning:
                 self._engine_parses = True
@@ -374,6 +380,18 @@ class ChatRun:
         if self.counts_per_chunk:
             chunk["usage"] = self.counts
         return chunk
+
+
+def _drop_separator(state: ChoiceState, content: str) -> str:
+    """The answer's first text without the newlines that separated it from the reasoning (at most
+    `separator_left` in all, as ThinkSplitter does for raw output). The answer has begun either way:
+    the separator's tokens are counted as answer, as the engine counts them."""
+    text = content.lstrip("\n")
+    dropped = min(len(content) - len(text), state.separator_left)
+    text = content[dropped:]
+    state.separator_left = 0 if text else state.separator_left - dropped
+    state.in_answer = True
+    return text
 
 
 def _preview(payload: bytes) -> str:

@@ -52,6 +52,8 @@ def test_long_mode_returns_reasoning_then_answer(sdk: openai.OpenAI) -> None:
     reasoning = extra(message, "reasoning_content")
     assert reasoning and extra(message, "reasoning") == reasoning
     assert "<think>" not in (message.content or "") and "</think>" not in (message.content or "")
+    # The newlines after </think> separate reasoning from answer; they are not the answer's.
+    assert message.content and message.content == message.content.lstrip()
     usage = response.usage
     assert usage is not None and usage.completion_tokens_details is not None
     reasoning_tokens = usage.completion_tokens_details.reasoning_tokens or 0
@@ -97,6 +99,7 @@ def test_streaming_splits_reasoning_and_reports_usage(sdk: openai.OpenAI) -> Non
                 order.append("c")
     assert modes == {"long"}
     assert reasoning and content
+    assert not "".join(content).startswith("\n")
     assert "c" not in order[: order.index("c")] and "r" not in order[order.index("c") :]
     assert usage is not None and usage.completion_tokens_details is not None
     assert usage.completion_tokens_details.reasoning_tokens is not None
