@@ -302,9 +302,11 @@ class App {
     await streamAnswer(this.api, body, message, controller.signal, () => this.queueRender(conversation, message));
 
     this.active = null;
-    this.composer.setBusy(false);
     if (!conversation.deleted) await this.save(conversation);
     if (this.current === conversation) this.transcript.show(conversation.messages, { busy: false });
+    // Send comes back only once the finished answer is saved and on screen: the last streamed render
+    // waits for an animation frame, and a reload must find the whole answer.
+    this.composer.setBusy(false);
   }
 
   /** Renders a streaming message at most once per animation frame. */
