@@ -330,8 +330,7 @@ class ChatRun:
         phase_is_reasoning = False
         has_text = False
         for choice in choices or ():
-            index = choice.get("index") or 0
-            state = self.choices.get(index) or self._choice(index)
+            state = self._choice(int(choice.get("index") or 0))
             delta = choice.get("delta")
             if not isinstance(delta, dict):
                 delta = choice["delta"] = {}
@@ -386,8 +385,7 @@ def _drop_separator(state: ChoiceState, content: str) -> str:
     """The answer's first text without the newlines that separated it from the reasoning (at most
     `separator_left` in all, as ThinkSplitter does for raw output). The answer has begun either way:
     the separator's tokens are counted as answer, as the engine counts them."""
-    text = content.lstrip("\n")
-    dropped = min(len(content) - len(text), state.separator_left)
+    dropped = min(len(content) - len(content.lstrip("\n")), state.separator_left)
     text = content[dropped:]
     state.separator_left = 0 if text else state.separator_left - dropped
     state.in_answer = True

@@ -226,12 +226,12 @@ class Completion:
     def _cost(self, counts: TokenCounts | None = None) -> int:
         assert self.prepared is not None and self.run is not None
         prices = self.prepared.profile.prices[self.prepared.decision.mode]
-        return cost_micros(prices, counts or self.run.counts)
+        return cost_micros(prices, self.run.counts if counts is None else counts)
 
     def _usage(self, counts: TokenCounts | None = None) -> dict[str, Any]:
         """The OpenAI usage object, for the run so far or for `counts` (a chunk's own)."""
         assert self.run is not None
-        counts = counts or self.run.counts
+        counts = self.run.counts if counts is None else counts
         return {
             "prompt_tokens": counts.prompt,
             "completion_tokens": counts.completion,
@@ -456,6 +456,6 @@ def _replay_response(stored: dict[str, Any], stream: bool) -> Any:
             )
             + b"\n\n"
         )
-        yield b"data: [DONE]\n\n"
+        yield END
 
     return StreamingResponse(frames(), media_type="text/event-stream", headers=headers)
