@@ -125,3 +125,20 @@ def test_oversized_bodies_are_413(dead_upstream_gateway: GatewayProcess) -> None
     response = httpx.post(f"{gateway.base_url}/v1/chat/completions", json=huge, headers=headers, timeout=60)
     assert response.status_code == 413
     assert response.json()["error"]["code"] == "payload_too_large"
+
+
+def test_oversized_bodies_without_a_length_are_413_too(dead_upstream_gateway: GatewayProcess) -> None:
+    """A chunked upload has no Content-Length to check up front: the limit applies as it streams in."""
+    gateway = dead_upstream_gateway
+    headers = {"Authorization": f"Bearer {gateway.api_key}", "Content-Type": "application/json"}
+
+    def body() -> Iterator[bytes]:
+        yield b'{"model": "thinkgate-arith", "messages": [{"role": "user", "content": "'
+        for _ in range(21):
+            yield b"x" * (1024 * 1024)
+        yield b'"}]}'
+
+    url = f"{gateway.base_url}/v1/chat/completions"
+    response = httpx.post(url, content=body(), headers=headers, timeout=60)
+    assert response.status_code == 413
+    assert response.json()["error"]["code"] == "payload_too_large"

@@ -99,18 +99,21 @@ class RecordingProxy:
                     return
                 if cut is not None and chunks >= cut:
                     break
-                await send({"type": "http.response.body", "body": (line + "\n").encode(), "more_body": True})
+                # Noted before it is passed on: the gateway may settle (and the test look) as soon
+                # as it has read this line.
                 if line.startswith("data: [DONE]"):
                     seen.done = True
                 elif line.startswith("data: "):
                     chunks += 1
-                    # Pace the relay like a real engine (a few ms a token): on a loaded 2-core
-                    # machine the tiny model can otherwise write 900 tokens before anyone hangs up.
-                    await asyncio.sleep(PACE_S)
                     usage = orjson.loads(line[6:]).get("usage")
                     if usage:
                         seen.prompt_tokens = usage["prompt_tokens"]
                         seen.completions.append(usage["completion_tokens"])
+                await send({"type": "http.response.body", "body": (line + "\n").encode(), "more_body": True})
+                if line.startswith("data: ") and not seen.done:
+                    # Pace the relay like a real engine (a few ms a token): on a loaded 2-core
+                    # machine the tiny model can otherwise write 900 tokens before anyone hangs up.
+                    await asyncio.sleep(PACE_S)
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
             watcher.cancel()

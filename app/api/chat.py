@@ -28,7 +28,7 @@ from app.gateway import Gateway
 from app.keys import Principal
 from app.metering.ledger import OpenRequest, Outcome
 from app.metering.prices import TokenCounts, cost_micros, format_usd, to_usd, worst_case_micros
-from app.relay import ChatRun, EngineFailure
+from app.relay import ChatRun, Chunk, EngineFailure
 
 MAX_IDEMPOTENCY_KEY = 200
 
@@ -36,14 +36,14 @@ MAX_IDEMPOTENCY_KEY = 200
 class _ChatRoute(APIRoute):
     """The chat route without FastAPI's per-request machinery (dependency solving, its own body
     parsing), a measurable share of a request's latency on the hot path. The endpoint's signature
-    below still documents the route in the OpenAPI schema; `_handle` does the same work by hand:
+    below still documents the route in the OpenAPI schema; `handle` does the same work by hand:
     the same model and the same errors (pydantic's, raised as FastAPI's validation error)."""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        return _handle
+        return handle
 
 
-async def _handle(request: Request) -> Response:
+async def handle(request: Request) -> Response:
     gateway: Gateway = request.app.state.gateway
     principal = await get_principal(request, gateway)  # who is asking comes first: 401 before 400
     try:
@@ -61,6 +61,7 @@ async def _handle(request: Request) -> Response:
 
 
 router = APIRouter(route_class=_ChatRoute)
+PATH = "/v1/chat/completions"
 
 ERROR_SCHEMA = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
@@ -80,7 +81,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 
 
 @router.post(
-    "/v1/chat/completions",
+    PATH,
     response_model=None,
     responses={
         200: {"description": "A chat.completion object, or an SSE stream of chat.completion.chunk"},
@@ -94,8 +95,8 @@ async def create_chat_completion(
     gateway: GatewayDep,
     idempotency_key: Annotated[str | None, Header(max_length=MAX_IDEMPOTENCY_KEY)] = None,
 ) -> Any:
-    """Documentation only: `_ChatRoute` serves requests with `_handle`, never with this function."""
-    raise AssertionError("served by _handle")
+    """Documentation only: requests are served by `handle` (see `_ChatRoute` and api/app.py)."""
+    raise AssertionError("served by handle")
 
 
 def _affinity(principal: Principal, request: ChatCompletionRequest) -> str:
@@ -272,21 +273,23 @@ class Completion:
         request = self.request
         options = request.stream_options
         include_usage = bool(options and options.include_usage)
-        continuous = self.run.counts_per_chunk
-        hide_reasoning = not self.prepared.decision.include_reasoning
-        fixed = {"id": self.request_id, "model": request.model, **self._mode_fields()}
+        fixed = {
+            "id": self.request_id,
+            "object": "chat.completion.chunk",
+            "created": self.run.created,
+            "model": request.model,
+            **self._mode_fields(),
+        }
+        framer = ChunkFramer(
+            fixed,
+            hide_reasoning=not self.prepared.decision.include_reasoning,
+            usage=self._usage if self.run.counts_per_chunk else None,
+        )
         try:
             async for batch in self.run.chunks():
-                events = []
-                for chunk in batch:
-                    chunk.update(fixed)
-                    if hide_reasoning and not _strip_reasoning(chunk):
-                        continue
-                    if continuous:
-                        chunk["usage"] = self._usage(chunk["usage"])
-                    events.append(b"data: " + orjson.dumps(chunk) + b"\n\n")
+                events = framer.frames(batch)
                 if events:
-                    yield b"".join(events) if len(events) > 1 else events[0]
+                    yield events
                 self._maybe_checkpoint()
             self.status = self._final_status()
         except (EngineFailure, APIError) as error:
@@ -407,6 +410,52 @@ class Completion:
         metrics.cost.labels(model, mode).inc(cost)
         if run.ttft_ms is not None:
             metrics.ttft.labels(model, mode).observe(run.ttft_ms / 1000)
+
+
+class ChunkFramer:
+    """The client's SSE frames for the relay's chunks: each carries the request's own id, created,
+    model and mode; reasoning is left out when the request hides it; and `usage`, when given, turns
+    each chunk's counts into its usage object (for clients that ask for usage on every chunk)."""
+
+    def __init__(
+        self,
+        fixed: dict[str, Any],
+        *,
+        hide_reasoning: bool,
+        usage: Callable[[TokenCounts], dict[str, Any]] | None,
+    ) -> None:
+        self.fixed = fixed
+        self.hide_reasoning = hide_reasoning
+        self.usage = usage
+        # A Plain chunk is framed around the engine's text bytes: this head, the text, the rest of
+        # its choice, the usage if any, the closing brace.
+        self.head = b"data: " + orjson.dumps(fixed)[:-1] + b',"choices":[{"index":0,"delta":{'
+
+    def frames(self, batch: list[Chunk]) -> bytes:
+        """One batch's frames, joined (one write for all of them); empty if none is left to send."""
+        events = []
+        for chunk in batch:
+            if isinstance(chunk, tuple):  # a Plain
+                reasoning, text, after_delta, counts = chunk
+                if reasoning:
+                    if self.hide_reasoning:
+                        continue
+                    delta = b'"reasoning_content":' + text + b',"reasoning":' + text
+                else:
+                    delta = b'"content":' + text
+                usage = b""
+                if self.usage is not None:
+                    assert counts is not None
+                    usage = b',"usage":' + orjson.dumps(self.usage(counts))
+                events.append(self.head + delta + b"}" + after_delta + usage + b"}\n\n")
+                continue
+            chunk.update(self.fixed)
+            if self.hide_reasoning and not _strip_reasoning(chunk):
+                continue
+            if self.usage is not None:
+                chunk["usage"] = self.usage(chunk["usage"])
+            events.append(b"data: " + orjson.dumps(chunk) + b"\n\n")
+        return events[0] if len(events) == 1 else b"".join(events)
 
 
 def _strip_reasoning(chunk: dict[str, Any]) -> bool:
