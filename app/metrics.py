@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from app.metering.prices import TokenCounts
 
 
 class Metrics:
@@ -39,3 +43,27 @@ class Metrics:
         self.mode_decisions = Counter(
             "thinkgate_mode_decisions", "Mode decisions by source", ["mode", "source"], registry=self.registry
         )
+        # The children of one (model, mode): looked up once, not five times a request.
+        self._settled: dict[tuple[str, str], tuple[Any, ...]] = {}
+
+    def settled(
+        self, model: str, mode: str, status: str, counts: TokenCounts, cost_micros: int, ttft_ms: float | None
+    ) -> None:
+        """A settled request's status, tokens, cost and time to first token."""
+        children = self._settled.get((model, mode))
+        if children is None:
+            children = self._settled[(model, mode)] = (
+                self.tokens.labels(model, mode, "prompt"),
+                self.tokens.labels(model, mode, "reasoning"),
+                self.tokens.labels(model, mode, "answer"),
+                self.cost.labels(model, mode),
+                self.ttft.labels(model, mode),
+            )
+        prompt, reasoning, answer, cost, ttft = children
+        self.requests.labels(model, mode, status).inc()
+        prompt.inc(counts.prompt)
+        reasoning.inc(counts.reasoning)
+        answer.inc(counts.answer)
+        cost.inc(cost_micros)
+        if ttft_ms is not None:
+            ttft.observe(ttft_ms / 1000)

@@ -401,15 +401,8 @@ class Completion:
                 response_json=stored,
                 limiter=gateway.limiter,
             )
-        metrics, model, mode = gateway.metrics, self.prepared.model, decision.mode
-        metrics.in_flight.dec()
-        metrics.requests.labels(model, mode, self.status).inc()
-        metrics.tokens.labels(model, mode, "prompt").inc(counts.prompt)
-        metrics.tokens.labels(model, mode, "reasoning").inc(counts.reasoning)
-        metrics.tokens.labels(model, mode, "answer").inc(counts.answer)
-        metrics.cost.labels(model, mode).inc(cost)
-        if run.ttft_ms is not None:
-            metrics.ttft.labels(model, mode).observe(run.ttft_ms / 1000)
+        gateway.metrics.in_flight.dec()
+        gateway.metrics.settled(self.prepared.model, decision.mode, self.status, counts, cost, run.ttft_ms)
 
 
 class ChunkFramer:
