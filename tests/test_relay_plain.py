@@ -7,6 +7,7 @@ a real vLLM 0.32 stream of the bundled model (long mode, continuous usage)."""
 
 from __future__ import annotations
 
+import random
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -204,3 +205,45 @@ async def test_an_unreadable_usage_fails_the_stream_as_before(monkeypatch: pytes
     body = sse([role_chunk(), *chunks, finish_chunk(4)])
     with pytest.raises(EngineFailure, match="invalid JSON"):
         await relay(body, monkeypatch=monkeypatch)
+
+
+def random_text(rng: random.Random) -> str:
+    alphabet = ["a", " ", "7", '"', "\\", "\n", "\t", "}", ",", ":", "{", "é", "✓", "\u2028", "\x00", "😀"]
+    return "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 4)))
+
+
+def random_chunk(rng: random.Random, completion: int) -> dict[str, Any] | bytes:
+    """A chunk an engine might send: mostly the common kind, sometimes anything else."""
+    roll = rng.random()
+    field = rng.choice(["reasoning", "reasoning_content", "content"])
+    if roll < 0.6:
+        return chunk({field: random_text(rng)}, completion)
+    if roll < 0.7:
+        return chunk({"reasoning": random_text(rng), "content": random_text(rng)}, completion)
+    if roll < 0.8:
+        return chunk({field: random_text(rng)}, completion, choice={"token_ids": [1, 2]})
+    if roll < 0.9:  # the OpenAI layout: no token_ids, sometimes no usage
+        plain = {**HEAD, "choices": [{"index": 0, "delta": {field: random_text(rng)}, "logprobs": None,
+                                      "finish_reason": None}]}  # fmt: skip
+        if rng.random() < 0.5:
+            plain["usage"] = {
+                "prompt_tokens": 9,
+                "total_tokens": 9 + completion,
+                "completion_tokens": completion,
+            }
+        return plain
+    return orjson.dumps(chunk({field: random_text(rng)}, completion)).replace(b"{", b"{ ", 1)  # spacing
+
+
+async def test_random_streams_look_the_same_through_both_lanes(monkeypatch: pytest.MonkeyPatch) -> None:
+    took_the_byte_lane = 0
+    for seed in range(40):
+        rng = random.Random(seed)
+        chunks = [random_chunk(rng, i + 1) for i in range(rng.randint(1, 30))]
+        body = sse([role_chunk(), *chunks, finish_chunk(len(chunks) + 1)])
+        option = rng.choice(list(options()))
+        fast = await relay(body, monkeypatch=monkeypatch, **option)
+        slow = await relay(body, byte_lane=False, monkeypatch=monkeypatch, **option)
+        assert_same(fast, slow)
+        took_the_byte_lane += fast.plain
+    assert took_the_byte_lane > 100  # the common chunks among them did take it
