@@ -102,7 +102,9 @@ class ThinkgateApp(FastAPI):
     """FastAPI, with its hot route served without the middleware and routing layers: a chat
     completion goes straight to its handler, with the same body limit and the same error handlers
     (measured at 64 streams: the layers were about a sixth of a short request's CPU). Everything
-    else, the chat route's OpenAPI documentation included, is FastAPI's as usual."""
+    else, the chat route's OpenAPI documentation included, is FastAPI's as usual. A middleware
+    added to the app does not see chat completions: the lane must redo its work
+    (`tests/test_chat_lane.py` lists the middleware it accounts for)."""
 
     max_request_bytes = 0  # set by create_app
 
