@@ -328,27 +328,25 @@ class ChatRun:
         async for payloads in stream:
             batch: list[Chunk] = []
             for payload in payloads:
-                plain = self._plain(payload)
-                if plain is not None:
-                    batch.append(plain)
-                else:
+                chunk: Chunk | None = self._plain(payload)
+                if chunk is None:  # not the common kind: parsed
                     if payload == b"[DONE]":
                         if batch:
                             yield batch
                         await _drain(stream)
                         return
                     try:
-                        normalised = self._normalise(_engine_chunk(payload))
+                        chunk = self._normalise(_engine_chunk(payload))
                     except EngineFailure:
                         if batch:
                             yield batch  # what came before the failure was sent by the engine all right
                         raise
-                    if normalised is None:
+                    if chunk is None:
                         continue
                     if self._learn_opening:
                         self._learn_opening = False
                         self._opening = _text_opening(payload)
-                    batch.append(normalised)
+                batch.append(chunk)
                 if self.force_budget and self._over_budget():
                     # Thinking budget reached: end here, chunks() continues with the answer.
                     self._budget_hit = True
