@@ -19,7 +19,8 @@ import orjson
 
 from app.chat import PreparedChat, continuation_body
 from app.engine.pool import Replica, UpstreamPool
-from app.engine.transport import EngineTransport, body_pieces, serves
+from app.engine.sse import match_text, sse_data, text_opening
+from app.engine.transport import EngineTransport, serves
 from app.errors import APIError, EngineUnavailable, InvalidRequest, UpstreamError
 from app.metering.prices import TokenCounts
 from app.reasoning import ThinkSplitter
@@ -27,23 +28,10 @@ from app.reasoning import ThinkSplitter
 CONNECT_ERRORS = (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError, httpx.PoolTimeout)
 DRAIN_TIMEOUT_S = 1.0  # reading what follows [DONE]; an engine that lingers loses its connection
 
-# The common chunk, recognised on its bytes (see ChatRun._plain): the stream's own head, one choice
-# whose delta is one piece of text and whose other fields are all null, then the usage.
-_CHOICES = b',"choices":['
-_DELTA_OPEN = b',"choices":[{"index":0,"delta":{"'
-_TEXT_FIELDS = {b"reasoning": True, b"reasoning_content": True, b"content": False}  # is it reasoning?
-# The rest of the choice after the delta, as vLLM writes it and as OpenAI-style engines do.
-_AFTER_DELTA_VLLM = b',"logprobs":null,"finish_reason":null,"token_ids":null}]'
-_AFTER_DELTA = b',"logprobs":null,"finish_reason":null}]'
-_TEXT_END_VLLM, _TEXT_END = b'"}' + _AFTER_DELTA_VLLM, b'"}' + _AFTER_DELTA
-_USAGE = b',"usage":'
-_HEAD_KEYS = {"id", "object", "created", "model"}
-
-
 # A chunk whose delta is one piece of text, kept as the engine's bytes: the hot path (one per token),
 # which the client side frames without parsing or serialising anything. In order: whether the text is
 # reasoning; the text as a JSON string literal, quotes included, as the engine wrote it; the rest of
-# its choice (_AFTER_DELTA_VLLM or _AFTER_DELTA); the counts as of this chunk when asked for
+# its choice (see engine/sse.py); the counts as of this chunk when asked for
 # (counts_per_chunk), else None. A bare tuple: building a NamedTuple was 4 % of the gateway's CPU.
 Plain = tuple[bool, bytes, bytes, TokenCounts | None]
 Chunk = dict[str, Any] | Plain
@@ -324,7 +312,7 @@ class ChatRun:
 
     async def _parse(self, response: httpx.Response) -> AsyncIterator[list[Chunk]]:
         # SSE split on raw bytes: no text decoding and no line objects per chunk (the hot path).
-        stream = _sse_data(response)
+        stream = sse_data(response)
         async for payloads in stream:
             batch: list[Chunk] = []
             for payload in payloads:
@@ -345,7 +333,7 @@ class ChatRun:
                         continue
                     if self._learn_opening:
                         self._learn_opening = False
-                        self._opening = _text_opening(payload)
+                        self._opening = text_opening(payload)
                 batch.append(chunk)
                 if self.force_budget and self._over_budget():
                     # Thinking budget reached: end here, chunks() continues with the answer.
@@ -357,43 +345,15 @@ class ChatRun:
         raise EngineFailure("engine closed the stream before [DONE]")
 
     def _plain(self, payload: bytes) -> Plain | None:
-        """The chunk as a `Plain` when it is the common kind and needs no rewriting (the hot path:
-        a few byte comparisons instead of a parse and a serialisation), else None for `_normalise`.
-        It does what `_normalise` does for such a chunk. The text ends at its first quote, which
-        must be followed by the end of the delta and choice: a text with an escaped quote, or a
-        delta with more fields, fails that check and is parsed."""
+        """The chunk as a `Plain` when it is the common kind (`engine.sse.match_text`: a few byte
+        comparisons instead of a parse and a serialisation) and needs no rewriting, else None for
+        `_normalise`. It does what `_normalise` does for such a chunk."""
         opening = self._opening
-        if opening is None or not payload.startswith(opening):
-            return None
-        start = len(opening)
-        colon = payload.find(b'":"', start)  # the delta's first field, a string
-        reasoning = _TEXT_FIELDS.get(payload[start:colon])
-        if reasoning is None:
-            return None
-        start = colon + 3
-        end = payload.find(b'"', start)  # the text is payload[start - 1 : end + 1], quotes included
-        if end <= start:
-            return None  # no end, or an empty text (the role chunk's)
-        if payload.startswith(_TEXT_END_VLLM, end):
-            after_delta, rest = _AFTER_DELTA_VLLM, end + len(_TEXT_END_VLLM)
-        elif payload.startswith(_TEXT_END, end):
-            after_delta, rest = _AFTER_DELTA, end + len(_TEXT_END)
-        else:
-            return None
-        usage = None
-        if len(payload) != rest + 1:  # more than the closing brace: the usage, and nothing else
-            if not payload.startswith(_USAGE, rest):
-                return None
-            try:
-                usage = orjson.loads(payload[rest + len(_USAGE) : -1])
-            except orjson.JSONDecodeError:
-                return None  # more than the usage, or invalid: the parsing lane reports it
-            if not isinstance(usage, dict):
-                return None
+        found = None if opening is None else match_text(payload, opening)
         state = self.choices.get(0)
-        if state is None:
+        if found is None or state is None:
             return None
-        text = payload[start - 1 : end + 1]
+        reasoning, text, after_delta, usage = found
         if reasoning:
             self._engine_parses = True
             if self.keep_text:
@@ -472,22 +432,6 @@ class ChatRun:
         return chunk
 
 
-def _text_opening(payload: bytes) -> bytes | None:
-    """How the text chunks of an engine stream start, from its first chunk: the bytes before the
-    choices (when they hold just the stream's id, object, created and model, the same on every
-    chunk of a stream), then the opening of a first choice's delta. None if the head has more."""
-    cut = payload.find(_CHOICES)
-    if cut < 0:
-        return None
-    try:
-        head = orjson.loads(payload[:cut] + b"}")
-    except orjson.JSONDecodeError:
-        return None
-    if not isinstance(head, dict) or head.keys() != _HEAD_KEYS or head["object"] != "chat.completion.chunk":
-        return None
-    return payload[:cut] + _DELTA_OPEN
-
-
 def _drop_separator(state: ChoiceState, content: str) -> str:
     """The answer's first text without the newlines that separated it from the reasoning (at most
     `separator_left` in all, as ThinkSplitter does for raw output). The answer has begun either way:
@@ -524,39 +468,6 @@ async def _drain(stream: AsyncIterator[list[bytes]]) -> None:
         async with asyncio.timeout(DRAIN_TIMEOUT_S):
             async for _ in stream:
                 pass
-
-
-async def _sse_data(response: httpx.Response) -> AsyncIterator[list[bytes]]:
-    """The `data:` payloads of an SSE stream, one list per piece of body that arrived together (a
-    piece may end anywhere; the rest comes with the next one). The common event, one `data: ` line
-    ended by a blank line, costs one comparison; anything else (CRLF line ends, comments, other
-    fields, `data:` without its space, several lines) is read line by line."""
-    tail = b""
-    async for data in body_pieces(response):
-        if tail:
-            data = tail + data
-        if b"\r" in data:
-            lines = data.split(b"\n")
-            tail = lines.pop()
-            payloads = _data_lines(lines)
-        else:
-            events = data.split(b"\n\n")
-            tail = events.pop()
-            payloads = []
-            for event in events:
-                if event.startswith(b"data: ") and b"\n" not in event:
-                    payloads.append(event[6:])
-                else:
-                    payloads.extend(_data_lines(event.split(b"\n")))
-        if payloads:
-            yield payloads
-    last = _data_lines(tail.split(b"\n"))  # an event the stream ended without a blank line after
-    if last:
-        yield last
-
-
-def _data_lines(lines: list[bytes]) -> list[bytes]:
-    return [line[5:].strip() for line in lines if line.startswith(b"data:")]
 
 
 async def _engine_error(response: httpx.Response) -> APIError:

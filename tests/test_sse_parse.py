@@ -1,6 +1,6 @@
-"""The relay's SSE reader (`relay._sse_data`): the `data:` payloads of an engine stream, whatever
-the pieces it arrives in, with LF or CRLF line ends, comments, other fields, and a last event
-without its blank line."""
+"""The engine stream reader (`engine/sse.py: sse_data`): the `data:` payloads of an engine stream,
+whatever the pieces it arrives in, with LF or CRLF line ends, comments, other fields, and a last
+event without its blank line."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from app.relay import _sse_data
+from app.engine.sse import sse_data
 
 PAYLOADS = [b'{"n":1}', b'{"n":2,"text":"a\\nb"}', b'{"n":3}', b"[DONE]"]
 LF = b"".join(b"data: " + p + b"\n\n" for p in PAYLOADS)
@@ -21,7 +21,7 @@ async def read(body: bytes, piece: int) -> list[bytes]:
             yield body[start : start + piece]
 
     response = httpx.Response(200, content=pieces())
-    return [payload async for batch in _sse_data(response) for payload in batch]
+    return [payload async for batch in sse_data(response) for payload in batch]
 
 
 @pytest.mark.parametrize(
@@ -53,6 +53,6 @@ async def test_each_event_is_handed_on_with_the_piece_that_completes_it(line_end
             yield event
 
     seen = []
-    async for batch in _sse_data(httpx.Response(200, content=pieces())):
+    async for batch in sse_data(httpx.Response(200, content=pieces())):
         seen.append((consumed, batch))
     assert seen == [(i + 1, [p]) for i, p in enumerate(PAYLOADS)]
