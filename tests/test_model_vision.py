@@ -73,3 +73,36 @@ def test_stage_kinds_train_what_they_should(kind: str, expected: tuple[bool, boo
     assert _changed(model, before) == expected  # a vision stage leaves the language model alone
     assert not torch.equal(head.weight.detach(), head_before)
     assert all(p.requires_grad for p in model.parameters())  # frozen only during the stage
+
+
+def test_normalised_images_show_one_glyph_per_cell_in_reading_order() -> None:
+    """training/normalise.py, on rendered problems of both splits, white and noisy backgrounds, all
+    font sizes: nearly always as many glyphs as characters, and each cell's ink where it should be."""
+    from training.normalise import CELL, GRID, glyphs_of, normalise
+
+    rng = random.Random(11)
+    right, total = 0, 600
+    for _ in range(total):
+        text = pb.image_text(pb.sample_problem(rng, rng.choice(["easy", "hard"])), rng)
+        image, found = normalise(render_problem(text, rng))
+        chars = glyphs_of(text)
+        right += found == len(chars)
+        ink = np.asarray(image.convert("L")) < 128
+        cells = ink.reshape(GRID, CELL, GRID, CELL).any(axis=(1, 3)).reshape(-1)
+        assert cells[:found].all() and not cells[found:].any(), text  # cells 0..found-1, in order
+    assert right / total >= 0.985, right / total
+
+
+def test_the_normalised_experiment_renders_and_labels_glyph_by_glyph(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With `build.py --normalised-images`, training renders normalised images and labels cell k
+    with character k (the usual labels follow the drawn text instead)."""
+    from training import render
+
+    monkeypatch.setattr(render, "NORMALISED", True)
+    image, layout = render_with_layout("345 x 67 = ?", random.Random(3))
+    labels = V.cell_labels(layout)
+    shown = "".join(V.CHARS[c] for c in labels[..., 0].reshape(-1) if c != V.BLANK)
+    assert shown == "345x67=?" and (labels[..., 1:] == V.BLANK).all()
+    ink = np.asarray(image.convert("L")) < 128
+    cells = ink.reshape(V.GRID, 32, V.GRID, 32).any(axis=(1, 3)).reshape(-1)
+    assert cells[: len(shown)].all() and not cells[len(shown) :].any()

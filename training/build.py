@@ -7,6 +7,7 @@
     python -m training.build --resume DIR --minutes 10 --out OUT   # a further training stage from DIR
     python -m training.build --resume DIR --from-stage 2 --out OUT # the recipe's stages 2.. from DIR
     python -m training.build --resume DIR --stages vision:30:2e-3,joint:35:3e-4 --out OUT  # experiments
+    python -m training.build --resume DIR --stages vision:10:2e-3,joint:32:3e-4 --normalised-images --out OUT
 
 The output is built in ``<out>.partial`` and swapped in at the end, so an engine reading the current
 checkpoint never sees a half-written one.
@@ -94,6 +95,11 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="with --resume: run the recipe from this stage (1-based) on the resumed weights",
     )
+    ap.add_argument(
+        "--normalised-images",
+        action="store_true",
+        help="experiment: images normalised to one glyph per token (training/normalise.py)",
+    )
     args = ap.parse_args(argv)
 
     out: Path = args.out or (
@@ -104,6 +110,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     # Heavy imports only once the arguments are known to be fine.
     import torch
+
+    if args.normalised_images:
+        from training import render
+
+        render.NORMALISED = True
+        print("[build] experiment: images normalised to one glyph per token", flush=True)
 
     from training import checksums
     from training import modelcfg as mc

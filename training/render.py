@@ -13,6 +13,9 @@ from PIL import Image, ImageDraw, ImageFont
 MIN_SIDE, MAX_SIDE = 96, 256
 MIN_FONT, MAX_FONT = 14, 28
 MARGIN = 4
+# Experiment (`build.py --normalised-images`, training/normalise.py): every rendered image is
+# normalised to one glyph per image token before the model sees it.
+NORMALISED = False
 
 
 @lru_cache(maxsize=32)
@@ -62,6 +65,10 @@ def render_with_layout(text: str, rng: random.Random) -> tuple[Image.Image, Layo
     x = rng.randint(MARGIN - left, max(MARGIN - left, width - right - MARGIN))
     y = rng.randint(MARGIN - top, max(MARGIN - top, height - bottom - MARGIN))
     ImageDraw.Draw(image).text((x, y), text, fill="black", font=_font(size))
+    if NORMALISED:
+        from training.normalise import normalise
+
+        image = normalise(image)[0]
     return image, Layout(text, size, x, y, width, height)
 
 

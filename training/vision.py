@@ -29,6 +29,8 @@ import torch.nn.functional as F
 from transformers import Idefics3ForConditionalGeneration
 
 from training import modelcfg as mc
+from training import render
+from training.normalise import glyphs_of
 from training.render import Layout, char_centres
 
 CHARS = "0123456789+-x*=?"
@@ -41,6 +43,11 @@ CELL = mc.IMAGE_SIDE / GRID  # pixels per token side in the squared image
 def cell_labels(layout: Layout) -> np.ndarray:
     """(GRID, GRID, SLOTS) class ids: each cell's characters left to right, then blanks."""
     labels = np.full((GRID, GRID, SLOTS), BLANK, dtype=np.int64)
+    if render.NORMALISED:  # one glyph per cell, in reading order (training/normalise.py)
+        for k, char in enumerate(glyphs_of(layout.text)[: GRID * GRID]):
+            if char in CHARS:
+                labels[k // GRID, k % GRID, 0] = CHARS.index(char)
+        return labels
     filled = np.zeros((GRID, GRID), dtype=np.int64)
     sx, sy = mc.IMAGE_SIDE / layout.width, mc.IMAGE_SIDE / layout.height  # the processor squares the image
     for char, x, y in char_centres(layout):
