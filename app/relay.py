@@ -350,8 +350,10 @@ class ChatRun:
         `_normalise`. It does what `_normalise` does for such a chunk."""
         opening = self._opening
         found = None if opening is None else match_text(payload, opening)
+        if found is None:
+            return None
         state = self.choices.get(0)
-        if found is None or state is None:
+        if state is None:
             return None
         reasoning, text, after_delta, usage = found
         if reasoning:

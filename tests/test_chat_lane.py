@@ -1,6 +1,6 @@
 """The chat route's direct dispatch (`api/app.py: ThinkgateApp`): `POST /v1/chat/completions` skips
-the middleware and routing layers, so it must redo what they do for it — the body limit and the
-exception handlers — and nothing else may be expected of them. The real application, its lifespan
+the middleware and routing layers, so it must still get what they do for it — the body limit and
+the exception handlers — and nothing else may be expected of them. The real application, its lifespan
 not started (no engine or database needed): the handler is replaced where a test needs it."""
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ def test_the_lane_redoes_every_middleware_the_app_has() -> None:
     lane doing its work too (and this list growing)."""
     app = app_module.create_app(SETTINGS)
     assert [m.cls for m in app.user_middleware] == [app_module.BodyLimit, app_module.SecurityHeaders]
-    # SecurityHeaders leaves /v1/ alone, BodyLimit's check is redone by the lane (tests below).
+    # SecurityHeaders leaves /v1/ alone; the lane sits behind a BodyLimit of its own (tests below).
 
 
 async def test_an_unexpected_error_is_an_openai_shaped_500(monkeypatch: pytest.MonkeyPatch) -> None:

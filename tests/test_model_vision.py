@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # `training` is not an installed package
@@ -75,10 +76,18 @@ def test_stage_kinds_train_what_they_should(kind: str, expected: tuple[bool, boo
     assert all(p.requires_grad for p in model.parameters())  # frozen only during the stage
 
 
+def inked_cells(image: Image.Image) -> np.ndarray:
+    """Whether each 32×32 cell of a normalised image holds ink, in reading order."""
+    from training.normalise import CELL, GRID
+
+    ink = np.asarray(image.convert("L")) < 128
+    return ink.reshape(GRID, CELL, GRID, CELL).any(axis=(1, 3)).reshape(-1)
+
+
 def test_normalised_images_show_one_glyph_per_cell_in_reading_order() -> None:
     """training/normalise.py, on rendered problems of both splits, white and noisy backgrounds, all
     font sizes: nearly always as many glyphs as characters, and each cell's ink where it should be."""
-    from training.normalise import CELL, GRID, glyphs_of, normalise
+    from training.normalise import glyphs_of, normalise
 
     rng = random.Random(11)
     right, total = 0, 600
@@ -87,8 +96,7 @@ def test_normalised_images_show_one_glyph_per_cell_in_reading_order() -> None:
         image, found = normalise(render_problem(text, rng))
         chars = glyphs_of(text)
         right += found == len(chars)
-        ink = np.asarray(image.convert("L")) < 128
-        cells = ink.reshape(GRID, CELL, GRID, CELL).any(axis=(1, 3)).reshape(-1)
+        cells = inked_cells(image)
         assert cells[:found].all() and not cells[found:].any(), text  # cells 0..found-1, in order
     assert right / total >= 0.985, right / total
 
@@ -103,6 +111,5 @@ def test_the_normalised_experiment_renders_and_labels_glyph_by_glyph(monkeypatch
     labels = V.cell_labels(layout)
     shown = "".join(V.CHARS[c] for c in labels[..., 0].reshape(-1) if c != V.BLANK)
     assert shown == "345x67=?" and (labels[..., 1:] == V.BLANK).all()
-    ink = np.asarray(image.convert("L")) < 128
-    cells = ink.reshape(V.GRID, 32, V.GRID, 32).any(axis=(1, 3)).reshape(-1)
+    cells = inked_cells(image)
     assert cells[: len(shown)].all() and not cells[len(shown) :].any()

@@ -43,35 +43,23 @@ class BodyLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        limited = limit_body(scope, receive, self.max_bytes)
-        if limited is None:
-            await _too_large(self.max_bytes).response()(scope, receive, send)
-            return
+        too_large = PayloadTooLarge(f"The request body is larger than {self.max_bytes} bytes.")
+        for name, value in scope.get("headers", ()):
+            if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
+                await too_large.response()(scope, receive, send)
+                return
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    raise too_large
+            return message
+
         await self.app(scope, limited, send)
-
-
-def limit_body(scope: Scope, receive: Receive, max_bytes: int) -> Receive | None:
-    """`receive`, raising PayloadTooLarge once the body passes `max_bytes`; None when the request's
-    Content-Length is already over."""
-    for name, value in scope.get("headers", ()):
-        if name == b"content-length" and value.isdigit() and int(value) > max_bytes:
-            return None
-    seen = 0
-
-    async def limited() -> Message:
-        nonlocal seen
-        message = await receive()
-        if message["type"] == "http.request":
-            seen += len(message.get("body", b""))
-            if seen > max_bytes:
-                raise _too_large(max_bytes)
-        return message
-
-    return limited
-
-
-def _too_large(max_bytes: int) -> PayloadTooLarge:
-    return PayloadTooLarge(f"The request body is larger than {max_bytes} bytes.")
 
 
 class SecurityHeaders:
@@ -103,24 +91,23 @@ class ThinkgateApp(FastAPI):
     completion goes straight to its handler, with the same body limit and the same error handlers
     (measured at 64 streams: the layers were about a sixth of a short request's CPU). Everything
     else, the chat route's OpenAPI documentation included, is FastAPI's as usual. A middleware
-    added to the app does not see chat completions: the lane must redo its work
-    (`tests/test_chat_lane.py` lists the middleware it accounts for)."""
+    added to the app does not see chat completions: the lane must be given its work too, as it is
+    given a BodyLimit of its own (`tests/test_chat_lane.py` lists the middleware it accounts for)."""
 
-    max_request_bytes = 0  # set by create_app
+    # `serve_chat` behind the body limit, set by create_app; None: chat completions go through FastAPI.
+    chat_lane: ASGIApp | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"] == chat.PATH and scope["method"] == "POST":
-            await self._chat(scope, receive, send)
+        lane = self.chat_lane
+        is_chat = scope["type"] == "http" and scope["path"] == chat.PATH and scope["method"] == "POST"
+        if lane is not None and is_chat:
+            await lane(scope, receive, send)
         else:
             await super().__call__(scope, receive, send)
 
-    async def _chat(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def serve_chat(self, scope: Scope, receive: Receive, send: Send) -> None:
         scope["app"] = self
-        limited = limit_body(scope, receive, self.max_request_bytes)
-        if limited is None:
-            await _too_large(self.max_request_bytes).response()(scope, receive, send)
-            return
-        request = Request(scope, limited)
+        request = Request(scope, receive)
         try:
             response = await chat.handle(request)
         except Exception as exc:
@@ -260,5 +247,5 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> FastAPI:
         app.mount("/", StaticFiles(directory=UI_DIR, html=True), name="ui")
     app.add_middleware(SecurityHeaders, csp=csp)
     app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
-    app.max_request_bytes = settings.max_request_bytes
+    app.chat_lane = BodyLimit(app.serve_chat, max_bytes=settings.max_request_bytes)
     return app

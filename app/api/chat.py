@@ -23,6 +23,7 @@ from app.api.deps import CurrentPrincipal, GatewayDep, get_principal
 from app.api.protocol import ChatCompletionRequest
 from app.api.responses import END, FLUSH, DeferredJSONResponse, SSEResponse
 from app.chat import PreparedChat, new_request_id, prepare_chat
+from app.engine.sse import DELTA_OPEN
 from app.errors import APIError, IdempotencyConflict, InvalidRequest, RateLimited, UpstreamError
 from app.gateway import Gateway
 from app.keys import Principal
@@ -422,7 +423,7 @@ class ChunkFramer:
         self.usage = usage
         # A Plain chunk is framed around the engine's text bytes: this head, the text, the rest of
         # its choice, the usage if any, the closing brace.
-        self.head = b"data: " + orjson.dumps(fixed)[:-1] + b',"choices":[{"index":0,"delta":{'
+        self.head = b"data: " + orjson.dumps(fixed)[:-1] + DELTA_OPEN
 
     def frames(self, batch: list[Chunk]) -> bytes:
         """One batch's frames, joined (one write for all of them); empty if none is left to send."""

@@ -18,17 +18,17 @@ import orjson
 from app.engine.transport import body_pieces
 
 _CHOICES = b',"choices":['
-_DELTA_OPEN = b',"choices":[{"index":0,"delta":{"'
+DELTA_OPEN = b',"choices":[{"index":0,"delta":{'  # a first choice's delta, as engines and we write it
 _TEXT_FIELDS = {b"reasoning": True, b"reasoning_content": True, b"content": False}  # is it reasoning?
 # The rest of the choice after the delta, as vLLM writes it and as OpenAI-style engines do.
-AFTER_DELTA_VLLM = b',"logprobs":null,"finish_reason":null,"token_ids":null}]'
-AFTER_DELTA = b',"logprobs":null,"finish_reason":null}]'
-_TEXT_END_VLLM, _TEXT_END = b'"}' + AFTER_DELTA_VLLM, b'"}' + AFTER_DELTA
+_AFTER_DELTA_VLLM = b',"logprobs":null,"finish_reason":null,"token_ids":null}]'
+_AFTER_DELTA = b',"logprobs":null,"finish_reason":null}]'
+_TEXT_END_VLLM, _TEXT_END = b'"}' + _AFTER_DELTA_VLLM, b'"}' + _AFTER_DELTA
 _USAGE = b',"usage":'
 _HEAD_KEYS = {"id", "object", "created", "model"}
 
 # What match_text finds: whether the text is reasoning; the text as a JSON string literal, quotes
-# included, as the engine wrote it; the rest of its choice (AFTER_DELTA_VLLM or AFTER_DELTA); the
+# included, as the engine wrote it; the rest of its choice (_AFTER_DELTA_VLLM or _AFTER_DELTA); the
 # chunk's usage, if it has one.
 TextMatch = tuple[bool, bytes, bytes, dict[str, Any] | None]
 
@@ -46,7 +46,7 @@ def text_opening(payload: bytes) -> bytes | None:
         return None
     if not isinstance(head, dict) or head.keys() != _HEAD_KEYS or head["object"] != "chat.completion.chunk":
         return None
-    return payload[:cut] + _DELTA_OPEN
+    return payload[:cut] + DELTA_OPEN + b'"'  # up to the first field's name
 
 
 def match_text(payload: bytes, opening: bytes) -> TextMatch | None:
@@ -66,9 +66,9 @@ def match_text(payload: bytes, opening: bytes) -> TextMatch | None:
     if end <= start:
         return None  # no end, or an empty text (the role chunk's)
     if payload.startswith(_TEXT_END_VLLM, end):
-        after_delta, rest = AFTER_DELTA_VLLM, end + len(_TEXT_END_VLLM)
+        after_delta, rest = _AFTER_DELTA_VLLM, end + len(_TEXT_END_VLLM)
     elif payload.startswith(_TEXT_END, end):
-        after_delta, rest = AFTER_DELTA, end + len(_TEXT_END)
+        after_delta, rest = _AFTER_DELTA, end + len(_TEXT_END)
     else:
         return None
     usage = None
