@@ -118,7 +118,11 @@ async def _upstream_messages(
                         media.limits, max_side=min(media.limits.max_side, profile.max_image_side)
                     )
                     image = await normalize_image_url(
-                        part.image_url.url, limits, param=f"{param}.url", client=client
+                        part.image_url.url,
+                        limits,
+                        param=f"{param}.url",
+                        client=client,
+                        layout=profile.image_layout,
                     )
                     parts.append({"type": "image_url", "image_url": {"url": image.data_url}})
             out["content"] = parts

@@ -13,7 +13,9 @@ Checks, in order, so that nothing expensive happens before the cheap refusals:
    own decompression-bomb warning is turned into an error for this call only;
 3. full decode in a worker thread; EXIF orientation applied; converted to RGB, or RGBA when the
    image has transparency; downscaled (LANCZOS, aspect kept) so the longest side ≤ ``max_side``;
-4. re-encoded, which drops EXIF, ICC, text chunks and every other piece of metadata. PNG when the
+4. for a model whose profile asks for it, redrawn in the glyph-grid layout (app/glyphs.py: one
+   glyph per image token, 256 px square, always PNG);
+5. re-encoded, which drops EXIF, ICC, text chunks and every other piece of metadata. PNG when the
    image has transparency or the source was PNG/GIF (screenshots, diagrams and handwritten digits
    suffer from JPEG artefacts); JPEG quality 90 otherwise.
 
@@ -49,6 +51,8 @@ import httpx
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from app.errors import InvalidRequest, PayloadTooLarge
+from app.glyphs import glyph_grid
+from app.profiles import ImageLayout
 
 __all__ = [
     "ImageLimits",
@@ -103,9 +107,15 @@ class UnsafeAddress(ValueError):
 
 
 async def normalize_image_url(
-    url: str, limits: ImageLimits, *, param: str, client: httpx.AsyncClient | None = None
+    url: str,
+    limits: ImageLimits,
+    *,
+    param: str,
+    client: httpx.AsyncClient | None = None,
+    layout: ImageLayout = "as-is",
 ) -> NormalizedImage:
-    """Validate one `image_url`, fetch it if it is remote, and return it re-encoded as a data URL."""
+    """Validate one `image_url`, fetch it if it is remote, and return it re-encoded as a data URL
+    (redrawn first in `layout`, the model profile's)."""
     url = url.strip()
     scheme = url.split(":", 1)[0].lower() if ":" in url else ""
     if scheme == "data":
@@ -118,7 +128,7 @@ async def normalize_image_url(
             param=param,
             code="invalid_image_url",
         )
-    return await asyncio.to_thread(_reencode, raw, limits, param)
+    return await asyncio.to_thread(_reencode, raw, limits, param, layout)
 
 
 def _decode_data_url(url: str, limits: ImageLimits, param: str) -> bytes:
@@ -158,7 +168,7 @@ def _too_many_pixels(param: str, limits: ImageLimits, size: tuple[int, int] | No
     )
 
 
-def _reencode(raw: bytes, limits: ImageLimits, param: str) -> NormalizedImage:
+def _reencode(raw: bytes, limits: ImageLimits, param: str, layout: ImageLayout = "as-is") -> NormalizedImage:
     """Decode, orient, convert, downscale and re-encode; runs in a worker thread."""
     image = _open_checked(raw, limits, param)
     source_format = str(image.format)
@@ -177,8 +187,10 @@ def _reencode(raw: bytes, limits: ImageLimits, param: str) -> NormalizedImage:
         image = image.convert("RGBA" if image.has_transparency_data else "RGB")
         if image.size != target:
             image = image.resize(target, Image.Resampling.LANCZOS)
+        if layout == "glyph-grid":
+            image = glyph_grid(image)[0]
         encoded = io.BytesIO()
-        if image.mode == "RGBA" or source_format in _LOSSLESS_SOURCES:
+        if image.mode == "RGBA" or source_format in _LOSSLESS_SOURCES or layout == "glyph-grid":
             image.save(encoded, format="PNG")
             mime = "image/png"
         else:

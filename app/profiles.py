@@ -2,7 +2,8 @@
 
 A profile is a TOML file in `models/profiles/`. It says which served model ids it covers (globs),
 how thinking is switched on and off upstream, the reasoning delimiters, default thinking budgets per
-effort, context length, vision support, prices per mode and the embedded engine's flags.
+effort, context length, vision support (and how images are laid out for the model: app/glyphs.py),
+prices per mode and the embedded engine's flags.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 Mode = Literal["long", "short"]
+ImageLayout = Literal["as-is", "glyph-grid"]
+IMAGE_LAYOUTS: tuple[ImageLayout, ...] = ("as-is", "glyph-grid")
 EFFORTS = ("low", "medium", "high")
 PRICE_KINDS = ("input", "cached_input", "image_input", "reasoning_output", "answer_output")
 DEFAULT_BUDGETS = {"low": 1024, "medium": 4096, "high": 16384}
@@ -59,6 +62,7 @@ class ModelProfile:
     context_length: int = 8192
     default_max_tokens: int = 4096
     max_image_side: int = 1024
+    image_layout: ImageLayout = "as-is"  # "glyph-grid": redrawn for a model that reads glyph by glyph
     tokens_per_image: int = 2048  # upper bound of prompt tokens one image becomes
     checkpoint: str | None = None
     think_start: str = "<think>"
@@ -94,6 +98,12 @@ def _switch_tables(thinking: Mapping[str, Any], where: str) -> tuple[dict[str, A
     return on, off
 
 
+def _image_layout(value: object, where: str) -> ImageLayout:
+    if value not in IMAGE_LAYOUTS:
+        raise ProfileError(f"{where}: image_layout is one of {', '.join(IMAGE_LAYOUTS)}, not {value!r}")
+    return value
+
+
 def parse_profile(data: Mapping[str, Any], source: Path | None = None) -> ModelProfile:
     where = str(source) if source else "profile"
     try:
@@ -120,6 +130,7 @@ def parse_profile(data: Mapping[str, Any], source: Path | None = None) -> ModelP
         context_length=int(data.get("context_length", 8192)),
         default_max_tokens=int(data.get("default_max_tokens", 4096)),
         max_image_side=int(data.get("max_image_side", 1024)),
+        image_layout=_image_layout(data.get("image_layout", "as-is"), where),
         tokens_per_image=int(data.get("tokens_per_image", 2048)),
         checkpoint=data.get("checkpoint"),
         think_start=str(thinking.get("start", "<think>")),

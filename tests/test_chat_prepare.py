@@ -79,11 +79,22 @@ async def test_prompt_bound_is_an_upper_bound_of_bytes_and_images() -> None:
     assert prepared.image_count == 1
 
 
-async def test_images_are_normalised_to_the_profile_side() -> None:
-    prepared = await prepare(user([{"type": "image_url", "image_url": {"url": png(1000, 500)}}]))
-    url = prepared.body["messages"][0]["content"][0]["image_url"]["url"]
-    image = Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1])))
-    assert max(image.size) == PROFILES.by_name("thinkgate-arith").max_image_side
+async def test_images_take_the_profile_layout() -> None:
+    """The bundled model's profile redraws images as a glyph grid (app/glyphs.py); here a thin black bar
+    across a wide picture becomes one glyph in the first cell of the square."""
+    picture = Image.new("RGB", (1000, 500), "white")
+    picture.paste((0, 0, 0), (100, 200, 130, 300))
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG")
+    url = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+    prepared = await prepare(user([{"type": "image_url", "image_url": {"url": url}}]))
+    sent = prepared.body["messages"][0]["content"][0]["image_url"]["url"]
+    image = Image.open(io.BytesIO(base64.b64decode(sent.split(",", 1)[1])))
+    side = PROFILES.by_name("thinkgate-arith").max_image_side
+    assert image.size == (side, side)
+    grey = image.convert("L")
+    assert grey.getpixel((16, 16)) < 128  # the bar, centred in cell 0
+    assert min(grey.crop((32, 0, side, side)).getdata()) == 255  # nothing anywhere else
 
 
 async def test_images_to_a_model_without_vision_are_a_400() -> None:

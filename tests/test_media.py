@@ -13,10 +13,12 @@ import zlib
 from collections.abc import AsyncIterator
 
 import httpx
+import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 from app.errors import APIError, InvalidRequest, PayloadTooLarge
+from app.glyphs import CELL, GRID, SIDE
 from app.media import (
     ImageLimits,
     NormalizedImage,
@@ -76,6 +78,54 @@ async def test_png_round_trips_as_png_with_its_size() -> None:
     image = decode(result)
     assert image.format == "PNG"
     assert image.getpixel((5, 5)) == (10, 200, 30)
+
+
+def problem_image(ink: tuple[int, ...], paper: tuple[int, ...], mode: str = "RGB") -> Image.Image:
+    """'345 x 67 = ?' (8 glyphs) drawn off-centre on a wide canvas."""
+    image = Image.new(mode, (230, 90), paper)
+    ImageDraw.Draw(image).text((37, 41), "345 x 67 = ?", fill=ink, font=ImageFont.load_default(size=22))
+    return image
+
+
+def inked_cells(image: Image.Image) -> list[int]:
+    ink = np.asarray(image.convert("L")) < 128
+    cells = ink.reshape(GRID, CELL, GRID, CELL).any(axis=(1, 3)).reshape(-1)
+    return [int(k) for k in np.flatnonzero(cells)]
+
+
+@pytest.mark.parametrize(
+    ("ink", "paper", "mode", "fmt", "mime"),
+    [
+        ((0, 0, 0), (255, 255, 255), "RGB", "PNG", "image/png"),
+        ((0, 0, 0), (255, 255, 255), "RGB", "JPEG", "image/jpeg"),
+        ((250, 250, 250), (20, 20, 30), "RGB", "PNG", "image/png"),  # dark mode
+        ((0, 0, 0, 255), (0, 0, 0, 0), "RGBA", "PNG", "image/png"),  # black ink on transparent black
+    ],
+)
+async def test_glyph_grid_layout_draws_one_glyph_per_cell(
+    ink: tuple[int, ...], paper: tuple[int, ...], mode: str, fmt: str, mime: str
+) -> None:
+    """A profile's `image_layout = "glyph-grid"` (app/glyphs.py): whatever the source's format,
+    polarity or transparency, the engine gets a lossless square with glyph k in cell k."""
+    raw = encode(problem_image(ink, paper, mode), fmt)
+    result = await normalize_image_url(data_url(raw, mime), LIMITS, param=PARAM, layout="glyph-grid")
+    image = decode(result)
+    assert image.format == "PNG" and image.mode == "RGB"
+    assert (result.width, result.height) == image.size == (SIDE, SIDE)
+    assert inked_cells(image) == list(range(8))
+
+
+async def test_as_is_layout_keeps_the_picture() -> None:
+    result = await normalize_image_url(
+        data_url(encode(problem_image((0, 0, 0), (255, 255, 255)), "PNG")), LIMITS, param=PARAM
+    )
+    assert decode(result).size == (230, 90)
+
+
+async def test_glyph_grid_of_a_blank_image_is_blank() -> None:
+    raw = encode(Image.new("RGB", (50, 40), "white"), "PNG")
+    image = decode(await normalize_image_url(data_url(raw), LIMITS, param=PARAM, layout="glyph-grid"))
+    assert image.size == (SIDE, SIDE) and inked_cells(image) == []
 
 
 async def test_real_format_wins_over_declared_type() -> None:

@@ -1,5 +1,7 @@
-"""The image-reading experiment's pieces (training/vision.py, the `vision` and `joint` stage kinds):
-the reading labels follow the drawn text, and each stage kind trains the parameters it should."""
+"""The training stages after the text ones: reading images (training/vision.py, the `vision` and `joint`
+stage kinds, the glyph-grid layout of app/glyphs.py) and the short-mode `drill`. The reading labels
+follow the drawn text, each stage kind trains the parameters it should, and the drill's data is what
+it claims."""
 
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ sys.path.insert(0, str(ROOT))  # `training` is not an installed package
 
 from transformers import PreTrainedTokenizerFast  # noqa: E402
 
+from training import examples as E  # noqa: E402
 from training import modelcfg as mc  # noqa: E402
 from training import problems as pb  # noqa: E402
 from training import train as tr  # noqa: E402
@@ -77,23 +80,23 @@ def test_stage_kinds_train_what_they_should(kind: str, expected: tuple[bool, boo
 
 
 def inked_cells(image: Image.Image) -> np.ndarray:
-    """Whether each 32×32 cell of a normalised image holds ink, in reading order."""
-    from training.normalise import CELL, GRID
+    """Whether each 32×32 cell of a glyph-grid image holds ink, in reading order."""
+    from app.glyphs import CELL, GRID
 
     ink = np.asarray(image.convert("L")) < 128
     return ink.reshape(GRID, CELL, GRID, CELL).any(axis=(1, 3)).reshape(-1)
 
 
-def test_normalised_images_show_one_glyph_per_cell_in_reading_order() -> None:
-    """training/normalise.py, on rendered problems of both splits, white and noisy backgrounds, all
+def test_glyph_grid_shows_one_glyph_per_cell_in_reading_order() -> None:
+    """app/glyphs.py, on rendered problems of both splits, white and noisy backgrounds, all
     font sizes: nearly always as many glyphs as characters, and each cell's ink where it should be."""
-    from training.normalise import glyphs_of, normalise
+    from app.glyphs import glyph_grid, glyphs_of
 
     rng = random.Random(11)
     right, total = 0, 600
     for _ in range(total):
         text = pb.image_text(pb.sample_problem(rng, rng.choice(["easy", "hard"])), rng)
-        image, found = normalise(render_problem(text, rng))
+        image, found = glyph_grid(render_problem(text, rng))
         chars = glyphs_of(text)
         right += found == len(chars)
         cells = inked_cells(image)
@@ -101,8 +104,8 @@ def test_normalised_images_show_one_glyph_per_cell_in_reading_order() -> None:
     assert right / total >= 0.985, right / total
 
 
-def test_the_normalised_experiment_renders_and_labels_glyph_by_glyph(monkeypatch: pytest.MonkeyPatch) -> None:
-    """With `build.py --normalised-images`, training renders normalised images and labels cell k
+def test_normalised_stages_render_and_label_glyph_by_glyph(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In a stage with normalised images, training renders glyph-grid images and labels cell k
     with character k (the usual labels follow the drawn text instead)."""
     from training import render
 
@@ -113,3 +116,38 @@ def test_the_normalised_experiment_renders_and_labels_glyph_by_glyph(monkeypatch
     assert shown == "345x67=?" and (labels[..., 1:] == V.BLANK).all()
     cells = inked_cells(image)
     assert cells[: len(shown)].all() and not cells[len(shown) :].any()
+
+
+def test_drill_examples_are_direct_answers_to_easy_problems_weighted_to_the_weak_kinds() -> None:
+    rng = random.Random(5)
+    counts: dict[tuple[str, int, int], int] = {}
+    for _ in range(3000):
+        ex = E.drill_example(rng)
+        assert ex.problem is not None and not ex.long and ex.image is None
+        assert max(ex.problem.a, ex.problem.b) < 100  # the easy split
+        kind = (ex.problem.op, len(str(ex.problem.a)), len(str(ex.problem.b)))
+        counts[kind] = counts.get(kind, 0) + 1
+    # 2x2-digit products weigh 4, sums 1: about four times as frequent (uniform draws would be equal).
+    ratio = counts[("*", 2, 2)] / counts[("+", 2, 2)]
+    assert 3.0 < ratio < 5.5, counts
+    held = frozenset(pb.sample_problem(random.Random(0), "easy") for _ in range(200))
+    assert all(E.drill_example(rng, held).problem not in held for _ in range(500))
+
+
+def test_drill_batches_fit_the_token_budget() -> None:
+    tok = PreTrainedTokenizerFast.from_pretrained(str(ROOT / "models" / "thinkgate-arith"))
+    settings = tr.TrainSettings(kind="drill", pool=2, drill_tokens=2048)
+    stream = tr.batches(tok, settings, random.Random(2))
+    sizes = [next(stream)[0].shape for _ in range(12)]
+    assert all(n * length <= 2048 or n == 1 for n, length in sizes), sizes
+    assert max(n for n, _ in sizes) > settings.batch  # the short examples come many at a time
+
+
+def test_drill_stage_trains_the_language_model_without_the_reading_head() -> None:
+    torch.manual_seed(0)
+    model, tok = _tiny_model()
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    settings = tr.TrainSettings(minutes=0.02, pool=1, warmup_s=0.0, kind="drill", seed=1, drill_tokens=1024)
+    stats = tr.train(model, tok, settings)
+    assert stats["steps"] >= 1 and "reading_accuracy" not in stats
+    assert _changed(model, before)[0]

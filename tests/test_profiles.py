@@ -44,6 +44,11 @@ def test_switches_become_upstream_fields() -> None:
     assert not PROFILES.by_name("plain").reasoning
 
 
+def test_only_the_bundled_model_redraws_its_images() -> None:
+    assert PROFILES.by_name("thinkgate-arith").image_layout == "glyph-grid"
+    assert {p.image_layout for p in PROFILES.profiles if p.name != "thinkgate-arith"} == {"as-is"}
+
+
 def test_bundled_model_prices_long_dearer_than_short() -> None:
     prices = PROFILES.by_name("thinkgate-arith").prices
     assert prices["long"].reasoning_output > prices["short"].reasoning_output > 0
@@ -57,6 +62,8 @@ def test_bad_profiles_are_refused() -> None:
         parse_profile({"name": "x", "prices": {"long": {"input": 1.5}}})
     with pytest.raises(ProfileError, match="unknown price kinds"):
         parse_profile({"name": "x", "prices": {"long": {"inptu": 1}}})
+    with pytest.raises(ProfileError, match="image_layout is one of as-is, glyph-grid, not 'grid'"):
+        parse_profile({"name": "x", "image_layout": "grid"})
     with pytest.raises(ProfileError, match="either"):
         parse_profile({"name": "x", "thinking": {"switch": "a", "on": {"b": 1}}})
 

@@ -39,7 +39,7 @@ def test_readme_opens_with_the_two_commands() -> None:
 
 def test_quickstart_runs_as_written(gateway: GatewayProcess) -> None:
     blocks = quickstart_blocks()
-    assert [lang for lang, _ in blocks] == ["bash", "bash", "bash", "python"]
+    assert [lang for lang, _ in blocks] == ["bash", "bash", "bash", "python", "python"]
     port = gateway.base_url.rsplit(":", 1)[1]
     env = {
         **os.environ,
@@ -73,3 +73,4 @@ def test_quickstart_runs_as_written(gateway: GatewayProcess) -> None:
     stream = outputs[2]
     assert stream.strip().endswith("data: [DONE]") and '"reasoning_mode":"short"' in stream
     assert "reasoning tokens:" in outputs[3] and "cost: $" in outputs[3]
+    assert outputs[4].strip() == "The answer is 23115."  # 345 x 67, read from the image

@@ -13,8 +13,8 @@ from PIL import Image, ImageDraw, ImageFont
 MIN_SIDE, MAX_SIDE = 96, 256
 MIN_FONT, MAX_FONT = 14, 28
 MARGIN = 4
-# Experiment (`build.py --normalised-images`, training/normalise.py): every rendered image is
-# normalised to one glyph per image token before the model sees it.
+# Stages with normalised images (build.py: Stage.normalised) draw every problem through the gateway's
+# glyph-grid layout (app/glyphs.py), as the thinkgate-arith profile serves images.
 NORMALISED = False
 
 
@@ -66,9 +66,9 @@ def render_with_layout(text: str, rng: random.Random) -> tuple[Image.Image, Layo
     y = rng.randint(MARGIN - top, max(MARGIN - top, height - bottom - MARGIN))
     ImageDraw.Draw(image).text((x, y), text, fill="black", font=_font(size))
     if NORMALISED:
-        from training.normalise import normalise
+        from app.glyphs import glyph_grid
 
-        image = normalise(image)[0]
+        image = glyph_grid(image)[0]
     return image, Layout(text, size, x, y, width, height)
 
 

@@ -29,8 +29,10 @@ from training import vision as V
 from training.render import Layout
 
 # (ids, loss weights, attention mask, images, the images' reading labels); ids empty in `vision` stages
+_Item = tuple[list[int], list[float], Image.Image | None, Layout | None]  # one encoded example
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[Image.Image], torch.Tensor | None]
-KINDS = ("mixed", "vision", "joint")
+KINDS = ("mixed", "vision", "joint", "drill")
+LM_KINDS = ("mixed", "drill")  # stages with the language model's loss alone (no reading head)
 
 
 @dataclass
@@ -52,10 +54,14 @@ class TrainSettings:
     # What a stage trains. "mixed": the language model's loss on both modes and both input kinds.
     # "vision": the reading loss alone (see training/vision.py), on the vision tower and connector.
     # "joint": "mixed" plus reading-only examples and the reading loss on every image.
+    # "drill": "mixed" plus short-mode easy problems (`drill_rate` of the examples, see
+    # `examples.drill_example`), batched by a token budget so that the short ones come many at a time.
     kind: str = "mixed"
     reading_rate: float = 0.4  # joint: share of reading-only examples
     reading_weight: float = 1.0  # joint: the reading loss's weight next to the language model's
     vision_lr_mult: float = 5.0  # joint: the vision side is younger than the language model
+    drill_rate: float = 0.7  # drill: share of short-mode easy examples
+    drill_tokens: int = 24 * 256  # drill: padded tokens per batch
 
 
 def new_model(cfg: Idefics3Config, seed: int) -> Idefics3ForConditionalGeneration:
@@ -84,9 +90,11 @@ def batches(
 ) -> Iterator[Batch]:
     """Endless stream of (ids, weights, attention, images) batches, length-sorted within a pool."""
     while True:
-        pool = []
+        pool: list[_Item] = []
         for _ in range(s.batch * s.pool):
-            if s.kind == "joint" and rng.random() < s.reading_rate:
+            if s.kind == "drill" and rng.random() < s.drill_rate:
+                ex = E.drill_example(rng, exclude)
+            elif s.kind == "joint" and rng.random() < s.reading_rate:
                 ex = E.reading_example(rng, exclude)
             else:
                 ex = E.make_example(
@@ -100,7 +108,10 @@ def batches(
             ids, w = E.encode(ex, tok, rng)
             pool.append((ids[: mc.MAX_LEN], w[: mc.MAX_LEN], ex.image, ex.layout))
         pool.sort(key=lambda t: len(t[0]))
-        chunks = [pool[i : i + s.batch] for i in range(0, len(pool), s.batch)]
+        if s.kind == "drill":
+            chunks = _by_tokens(pool, s.drill_tokens)
+        else:
+            chunks = [pool[i : i + s.batch] for i in range(0, len(pool), s.batch)]
         rng.shuffle(chunks)
         for chunk in chunks:
             n = max(len(c[0]) for c in chunk)
@@ -110,6 +121,17 @@ def batches(
             attn = torch.tensor([[1] * len(c[0]) + [0] * (n - len(c[0])) for c in chunk])
             images = [c[2] for c in chunk if c[2] is not None]
             yield ids, weights, attn, images, _labels([c[3] for c in chunk if c[3] is not None])
+
+
+def _by_tokens(pool: list[_Item], budget: int) -> list[list[_Item]]:
+    """Length-sorted items cut into batches of at most ``budget`` padded tokens (at least one item)."""
+    chunks: list[list[_Item]] = []
+    for item in pool:
+        if chunks and (len(chunks[-1]) + 1) * len(item[0]) <= budget:
+            chunks[-1].append(item)
+        else:
+            chunks.append([item])
+    return chunks
 
 
 def image_batches(s: TrainSettings, rng: random.Random, exclude: frozenset[pb.Problem]) -> Iterator[Batch]:
@@ -159,7 +181,7 @@ def _param_groups(
     """AdamW groups, each with an `lr_mult`: a `vision` stage trains only the vision side and the
     reading head (the language model is frozen); `joint` trains everything, the vision side faster."""
     vision = {id(p) for p in V.vision_parameters(model)}
-    extra = list(head.parameters()) if head is not None and s.kind != "mixed" else []
+    extra = list(head.parameters()) if head is not None and s.kind not in LM_KINDS else []
     if s.kind == "vision":
         for p in model.parameters():
             p.requires_grad_(id(p) in vision)
@@ -195,7 +217,7 @@ def train(
     """Train until the time budget is spent; ``on_eval(step, elapsed)`` runs every ``eval_every_s``.
     ``head``: the reading head (training/vision.py) for `vision` and `joint` stages."""
     assert s.kind in KINDS, s.kind
-    assert s.kind == "mixed" or head is not None, "vision and joint stages need the reading head"
+    assert s.kind in LM_KINDS or head is not None, "vision and joint stages need the reading head"
     rng = random.Random(s.seed)
     pixel_fn = make_pixel_fn(tok)
     groups = _param_groups(model, head, s)
@@ -224,7 +246,7 @@ def train(
         pixels = pixel_fn(images) if images else None
         read_acc = None
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=s.bf16):
-            if s.kind == "mixed" or pixels is None or labels is None or head is None:
+            if s.kind in LM_KINDS or pixels is None or labels is None or head is None:
                 loss = loss_fn(model, ids, weights, attn, pixels)
             else:
                 encoded = V.encode_images(model, pixels)

@@ -1,16 +1,17 @@
-"""An experiment towards reading images: normalise a problem's image to one glyph per image token.
+"""The glyph-grid image layout: a line of text redrawn one glyph per image token, in reading order.
 
-A rendered problem's characters can fall anywhere in the model's 8×8 grid of image tokens, several to
-a token. So reading it means decoding a variable number of characters from each token, in 2-D order,
-and the language model never learned that (see the model card). This step removes the variation
-before the model sees the image. It crops to the ink, splits the line into glyphs at blank columns
-(a glyph twice the usual width, two that touch, is cut at its thinnest column), and draws the k-th
-glyph, scaled to one line height, centred in the k-th 32×32 cell in reading order. Token k then holds
-character k. The tower only has to classify one centred glyph per token, and the language model only
-has to copy token k to position k, as it copies a text prompt.
+A model whose vision tower sees a 256-pixel square as an 8×8 grid of tokens (the bundled
+thinkgate-arith) cannot reliably read a problem drawn at any size and place: a character can fall
+anywhere in the grid, several to a token. This step removes that variation before the engine sees
+the image. It crops to the ink, splits the line into glyphs at blank columns (a glyph over 1.6 times
+the usual width, two that touch, is cut at its thinnest column), and draws the k-th glyph, scaled to
+one line height, centred in the k-th 32×32 cell in reading order. Token k then holds character k.
 
-Not in the shipped model: serving it would take this same step in the model's profile in the gateway,
-before the engine sees the image. The model card records what a first run of it measured.
+A model profile asks for it with ``image_layout = "glyph-grid"`` (app/profiles.py); the gateway
+applies it to every image after the usual checks (app/media.py). Training draws its images through
+the same function (training/render.py), so the model sees exactly what the gateway sends.
+
+Light text on a dark background is inverted first, and transparency is flattened onto white.
 """
 
 from __future__ import annotations
@@ -18,16 +19,17 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-SIDE = 256  # the processor's square (modelcfg.IMAGE_SIDE)
+SIDE = 256  # the processor's square (training/modelcfg.py: IMAGE_SIDE)
 CELL = 32  # pixels per image token side (patch 16 × pixel shuffle 2)
 GRID = SIDE // CELL
 LINE_HEIGHT = 24  # a glyph's line height inside its cell
-INK = 90  # grey levels below this are ink (the light-noise background is 200 or more)
+INK = 90  # grey levels below this are ink (the training backgrounds are 200 or lighter)
 
 
-def normalise(image: Image.Image) -> tuple[Image.Image, int]:
-    """The image with its glyphs one per cell, and how many glyphs it found."""
-    grey = np.asarray(image.convert("L"))
+def glyph_grid(image: Image.Image) -> tuple[Image.Image, int]:
+    """The image redrawn with its glyphs one per cell (RGB, SIDE × SIDE), and how many glyphs it found
+    (only the first GRID × GRID are drawn)."""
+    grey = _grey(image)
     ink = grey < INK
     rows = np.flatnonzero(ink.any(axis=1))
     out = Image.new("L", (SIDE, SIDE), 255)
@@ -49,8 +51,20 @@ def normalise(image: Image.Image) -> tuple[Image.Image, int]:
 
 
 def glyphs_of(text: str) -> list[str]:
-    """The characters a normalised image of `text` shows, cell by cell."""
+    """The characters a glyph-grid image of `text` shows, cell by cell."""
     return [char for char in text if not char.isspace()]
+
+
+def _grey(image: Image.Image) -> np.ndarray:
+    """Grey levels with dark ink on a light background, whatever the source's polarity and alpha."""
+    if image.mode in ("RGBA", "LA", "PA") or image.has_transparency_data:
+        flat = Image.new("RGBA", image.size, (255, 255, 255, 255))
+        flat.alpha_composite(image.convert("RGBA"))
+        image = flat
+    grey = np.asarray(image.convert("L"))
+    if np.median(grey) < 128:  # light text on a dark background
+        grey = 255 - grey
+    return grey
 
 
 def _runs(columns: np.ndarray) -> list[tuple[int, int]]:
