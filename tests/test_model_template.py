@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 import sys
 from pathlib import Path
 
@@ -101,3 +102,25 @@ def test_training_renders_prompts_exactly_like_the_shipped_template(tok) -> None
 def test_generation_stops_at_the_end_of_turn_token(tok) -> None:
     generation = json.loads((MODEL / "generation_config.json").read_text())
     assert generation["eos_token_id"] == tok.convert_tokens_to_ids("<|im_end|>")
+
+
+def test_a_resumed_build_keeps_the_checkpoints_tokenizer(tok, tmp_path: Path) -> None:
+    """`build.py --resume` trains on with the checkpoint's own token ids (a rebuilt tokenizer would
+    follow any change to the training text, and renumber the tokens under the weights)."""
+    from training import build
+    from training import problems as pb
+
+    shutil.copytree(MODEL, tmp_path / "ckpt")
+    vocab = json.loads((tmp_path / "ckpt" / "tokenizer.json").read_text())
+    ids = vocab["model"]["vocab"]
+    ids["3"], ids["7"] = ids["7"], ids["3"]  # another tokenizer: two digits swap ids
+    (tmp_path / "ckpt" / "tokenizer.json").write_text(json.dumps(vocab))
+    resumed = build.resumed_tokenizer(MODEL)
+    text = (
+        E.prompt_text(E.make_example(random.Random(3)))
+        + pb.long_trace(pb.Problem(79, "*", 64), random.Random(0)).thinking
+    )
+    assert resumed.encode(text) == tok.encode(text)
+    assert resumed.get_vocab() == tok.get_vocab() and resumed.chat_template == tok.chat_template
+    changed = build.resumed_tokenizer(tmp_path / "ckpt")
+    assert changed.encode("37") == resumed.encode("73")  # it really reads the checkpoint's file

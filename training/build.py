@@ -85,6 +85,17 @@ def build_tokenizer(seed: int) -> PreTrainedTokenizerFast:
     return tk.wrap(tk.train_tokenizer(corpus))
 
 
+def resumed_tokenizer(checkpoint: Path) -> PreTrainedTokenizerFast:
+    """The tokenizer resumed weights were trained with. Not rebuilt: the tokenizer is trained on the
+    training text, so a change to any trace would change its merges and silently renumber the tokens
+    under the resumed weights."""
+    from tokenizers import Tokenizer
+
+    from training import tokenizer as tk
+
+    return tk.wrap(Tokenizer.from_file(str(checkpoint / "tokenizer.json")))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="few-minute pipeline check (never the shipped dir)")
@@ -132,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     shutil.rmtree(out, ignore_errors=True)
     t0 = time.monotonic()
     print(f"[build] output: {final_out} (staged in {out})", flush=True)
-    tok = build_tokenizer(TOKENIZER_SEED)
+    tok = build_tokenizer(TOKENIZER_SEED) if args.resume is None else resumed_tokenizer(args.resume)
     size = mc.Size()
     cfg = mc.build_config(tok, size)
     mc.save_side_files(out, tok, cfg)
