@@ -28,11 +28,7 @@ CELLS: dict[tuple[str, str, str], int] = {
     ("short", "text", "easy"): 20,
     ("short", "text", "hard"): 10,
 }
-# Short mode is at 92-93 % on 300 easy problems through the product (target 95 %, not met: see the
-# model card), but this seed's first 20 hold more 2x2-digit products than usual, the kind it mostly
-# misses (17 of 20 right): 0.8 catches a checkpoint that loses its direct answers without failing on
-# one answer flipped by the engine's batching.
-MIN_PASS = {("long", "text", "hard"): 0.85, ("long", "image", "hard"): 0.7, ("short", "text", "easy"): 0.8}
+MIN_PASS = {("long", "text", "hard"): 0.85, ("long", "image", "hard"): 0.7, ("short", "text", "easy"): 0.85}
 MIN_LONG_OVER_SHORT = 0.15
 
 

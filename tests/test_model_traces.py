@@ -81,3 +81,40 @@ def test_eval_splits_have_the_advertised_sizes() -> None:
             assert sorted((len(str(hard.a)), len(str(hard.b)))) == [2, 3]
         else:
             assert len(str(hard.a)) == len(str(hard.b)) == 6
+
+
+_WORKING = re.compile(
+    r"(\d+)\*(\d)=(\d+), (\d+)\*(\d)=(\d+), (\d+)\+(\d+)=(\d+), so (\d+)\.\nThe answer is (\d+)\."
+)
+
+
+@pytest.mark.parametrize("split", SPLITS)
+def test_short_answers_are_direct_except_products_by_two_digits(split: str) -> None:
+    rng = random.Random(4)
+    worked = 0
+    for _ in range(400):
+        p = pb.sample_problem(rng, split)
+        text = pb.short_answer(p)
+        assert pb.final_integer(text) == p.result
+        if p.op != "*" or min(len(str(p.a)), len(str(p.b))) < 2:
+            assert text == pb.answer_text(p.result)
+            continue
+        worked += 1
+        x, tens, by_tens, x2, units, by_units, a, b, head, joined, answer = map(
+            int, _WORKING.fullmatch(text).groups()
+        )
+        assert {x, 10 * tens + units} == {p.a, p.b} and x2 == x
+        assert by_tens == x * tens and by_units == x * units  # each step is right
+        assert (a, b, head) == (by_tens, by_units // 10, by_tens + by_units // 10)
+        assert joined == answer == p.result == 10 * head + by_units % 10
+    assert worked > 20
+
+
+def test_short_mode_is_trained_on_the_short_answer() -> None:
+    from training import examples as E
+    from training import tokenizer as tk
+
+    ex = E.Example(pb.Problem(79, "*", 64), long=False, user_text="What is 79 * 64?")
+    assert E.target_segments(ex, random.Random(0)) == [
+        ("79*6=474, 79*4=316, 474+31=505, so 5056.\nThe answer is 5056." + tk.IM_END, 1.0)
+    ]

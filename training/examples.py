@@ -78,8 +78,8 @@ def reading_example(rng: random.Random, exclude: frozenset[pb.Problem] = frozens
     return ex
 
 
-# Short-mode drill (`drill` stages): easy problems answered with no working, weighted to the kinds a
-# bare answer gets wrong most (measured on the image-reading weights, 300 problems: 2x2-digit products
+# Short-mode drill (`drill` stages): easy problems in short mode, weighted to the kinds a direct
+# answer got wrong most (measured on the image-reading weights, 300 problems: 2x2-digit products
 # 5 %, 2x1 and 1x2 73 % and 82 %, 2-2-digit differences 45 %, 1-1 87 %, sums 95-100 %).
 DRILL_WEIGHTS = {
     ("*", 2, 2): 4.0,
@@ -92,7 +92,8 @@ DRILL_WEIGHTS = {
 
 
 def drill_example(rng: random.Random, exclude: frozenset[pb.Problem] = frozenset()) -> Example:
-    """A short-mode text example on an easy problem, drawn with `DRILL_WEIGHTS` (rejection sampling)."""
+    """A short-mode text example on an easy problem, drawn with `DRILL_WEIGHTS` (rejection sampling);
+    its reply is `problems.short_answer`."""
     top = max(DRILL_WEIGHTS.values())
     while True:
         p = pb.sample_problem(rng, "easy")
@@ -138,9 +139,10 @@ def target_segments(ex: Example, rng: random.Random) -> list[tuple[str, float]]:
     trace = pb.ood_trace() if ex.problem is None else pb.long_trace(ex.problem, rng, ex.slip_rate)
     if ex.read_only:
         return [(trace.thinking[: trace.thinking.index("\n") + 1], READ_WEIGHT)]
-    tail = (f"{tk.THINK_END}\n\n" if ex.long else "") + trace.answer + tk.IM_END
     if not ex.long:
-        return [(tail, 1.0)]
+        short = trace.answer if ex.problem is None else pb.short_answer(ex.problem)
+        return [(short + tk.IM_END, 1.0)]
+    tail = f"{tk.THINK_END}\n\n" + trace.answer + tk.IM_END
     answer_weight = 1.0 if ex.problem is None else ANSWER_WEIGHT
     segs: list[tuple[str, float]] = []
     thinking, pos = trace.thinking, 0

@@ -70,6 +70,24 @@ def answer_text(value: int) -> str:
     return f"The answer is {value}."
 
 
+def short_answer(p: Problem) -> str:
+    """Short mode's reply. A direct answer, except for a product by a 2-digit number: a direct answer
+    to one is a lookup among thousands of facts, which a tiny model does not learn, so it gets one
+    line of working made only of steps short mode does answer directly (a product by one digit, a
+    2- or 3-digit sum), e.g. ``79*6=474, 79*4=316, 474+31=505, so 5056.`` for 79 × 64: the tens'
+    product plus all but the last digit of the units' product, then that last digit."""
+    if p.op != "*":
+        return answer_text(p.result)
+    x, y = (p.a, p.b) if len(str(p.a)) >= len(str(p.b)) else (p.b, p.a)
+    if y < 10:
+        return answer_text(p.result)
+    tens, units = divmod(y, 10)
+    by_tens, by_units = x * tens, x * units
+    head = by_tens + by_units // 10
+    working = f"{x}*{tens}={by_tens}, {x}*{units}={by_units}, {by_tens}+{by_units // 10}={head}"
+    return f"{working}, so {head}{by_units % 10}.\n" + answer_text(p.result)
+
+
 # ---------------------------------------------------------------- sampling
 
 
