@@ -66,7 +66,7 @@ def _rates(results: dict[Cell, list[Answer]]) -> tuple[dict[Cell, float], str]:
 
 
 def test_long_mode_solves_what_short_mode_cannot(results: dict[tuple[str, str, str], list[Answer]]) -> None:
-    """What the shipped weights do now (model card: 98 % vs 4 % on 50 hard text problems), with room
+    """What the shipped weights do now (model card: 100 % vs 12 % on 50 hard text problems), with room
     for sampling error on 20: a checkpoint that loses its reasoning fails here."""
     rate, report = _rates(results)
     long_hard, short_hard = rate[("long", "text", "hard")], rate[("short", "text", "hard")]
