@@ -57,7 +57,7 @@ def glyphs_of(text: str) -> list[str]:
 
 def _grey(image: Image.Image) -> np.ndarray:
     """Grey levels with dark ink on a light background, whatever the source's polarity and alpha."""
-    if image.mode in ("RGBA", "LA", "PA") or image.has_transparency_data:
+    if image.has_transparency_data:
         flat = Image.new("RGBA", image.size, (255, 255, 255, 255))
         flat.alpha_composite(image.convert("RGBA"))
         image = flat

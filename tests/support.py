@@ -1,4 +1,4 @@
-"""Test helpers: run the real `thinkgate` CLI as subprocesses, on free loopback ports."""
+"""Test helpers: run the real `thinkgate` CLI as subprocesses on free loopback ports; read glyph grids."""
 
 from __future__ import annotations
 
@@ -178,3 +178,13 @@ def expected_cost(record: Any) -> int:
         answer=record["answer_tokens"],
     )
     return cost_micros(prices[record["mode"]], counts)
+
+
+def inked_cells(image: Any) -> list[int]:
+    """The cells of a glyph-grid image (app/glyphs.py) that hold ink, in reading order."""
+    import numpy as np
+
+    from app.glyphs import CELL, GRID
+
+    ink = np.asarray(image.convert("L")) < 128
+    return [int(k) for k in np.flatnonzero(ink.reshape(GRID, CELL, GRID, CELL).any(axis=(1, 3)))]

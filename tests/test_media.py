@@ -13,12 +13,12 @@ import zlib
 from collections.abc import AsyncIterator
 
 import httpx
-import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageFont
+from support import inked_cells
 
 from app.errors import APIError, InvalidRequest, PayloadTooLarge
-from app.glyphs import CELL, GRID, SIDE
+from app.glyphs import SIDE
 from app.media import (
     ImageLimits,
     NormalizedImage,
@@ -85,12 +85,6 @@ def problem_image(ink: tuple[int, ...], paper: tuple[int, ...], mode: str = "RGB
     image = Image.new(mode, (230, 90), paper)
     ImageDraw.Draw(image).text((37, 41), "345 x 67 = ?", fill=ink, font=ImageFont.load_default(size=22))
     return image
-
-
-def inked_cells(image: Image.Image) -> list[int]:
-    ink = np.asarray(image.convert("L")) < 128
-    cells = ink.reshape(GRID, CELL, GRID, CELL).any(axis=(1, 3)).reshape(-1)
-    return [int(k) for k in np.flatnonzero(cells)]
 
 
 @pytest.mark.parametrize(

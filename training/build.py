@@ -190,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             stages = list(RECIPE)
         head = None
-        if any(stage.kind in ("vision", "joint") for stage in stages):
+        if any(stage.kind not in tr.LM_KINDS for stage in stages):
             from training import vision
 
             torch.manual_seed(args.seed)
