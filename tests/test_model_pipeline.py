@@ -7,12 +7,23 @@ import hashlib
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # `training` is not an installed package
+
+from training.build import (  # noqa: E402
+    DEFAULT_RECIPE,
+    HOUR,
+    QUICK_MINUTES,
+    RECIPES,
+    Stage,
+    quick_stages,
+    stage_settings,
+)
+
 SHIPPED = ROOT / "models" / "thinkgate-arith"
 
 
@@ -30,22 +41,21 @@ def test_quick_build_runs_end_to_end(tmp_path: Path) -> None:
 
     before = _digest(SHIPPED)
     out = tmp_path / "quick-model"
-    started = time.monotonic()
     result = subprocess.run(
         [sys.executable, "-m", "training.build", "--quick", "--out", str(out)],
         cwd=ROOT, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    elapsed = time.monotonic() - started
+    )  # fmt: skip  # the issue's "under 5 minutes" with room for a loaded CI machine
     assert result.returncode == 0, result.stderr[-3000:]
     assert "[build] done" in result.stdout
     assert "| long | text | hard |" in result.stdout  # the in-process evaluation table was printed
-    assert elapsed < 600
 
     verify_checkpoint(out)
     config = json.loads((out / "config.json").read_text())
     assert config["architectures"] == ["Idefics3ForConditionalGeneration"]
     report = json.loads((out / "build_report.json").read_text())
     assert report["train"]["steps"] >= 1
+    # Every stage of the recipe ran, in order: the quick build is the recipe's shape, scaled down.
+    assert [stage["kind"] for stage in report["stages"]] == [stage.kind for stage in RECIPES[DEFAULT_RECIPE]]
     assert not out.with_name(out.name + ".partial").exists()
     assert _digest(SHIPPED) == before
 
@@ -57,3 +67,26 @@ def test_quick_build_refuses_the_shipped_folder() -> None:
     )  # fmt: skip
     assert result.returncode == 2
     assert "never writes the shipped model" in result.stderr
+
+
+@pytest.mark.parametrize("name", ["stages", "hour"])
+def test_quick_builds_run_each_recipes_stages_in_proportion(name: str) -> None:
+    recipe = RECIPES[name]
+    quick = quick_stages(recipe)
+    assert [(s.kind, s.lr, s.seed, s.normalised) for s in quick] == [
+        (s.kind, s.lr, s.seed, s.normalised) for s in recipe
+    ]
+    assert sum(s.minutes for s in quick) == pytest.approx(QUICK_MINUTES)
+    first, last = recipe[0].minutes, recipe[-1].minutes
+    assert quick[0].minutes / quick[-1].minutes == pytest.approx(first / last)
+
+
+def test_a_stage_passes_its_own_settings_to_training() -> None:
+    joint = next(s for s in HOUR if s.kind == "joint")
+    settings = stage_settings(joint, default_seed=77)
+    assert (settings.kind, settings.lr, settings.minutes) == (joint.kind, joint.lr, joint.minutes)
+    assert settings.vision_lr_mult == joint.vision_lr_mult == 1.0  # from nothing: no younger side
+    assert settings.seed == 77  # no seed of its own: the build's
+    assert stage_settings(Stage(10.0, 1e-3, seed=5), default_seed=77).seed == 5
+    assert settings.eval_every_s == joint.minutes * 60 / 4
+    assert stage_settings(joint, 77, quick=True).eval_every_s == joint.minutes * 30

@@ -141,3 +141,16 @@ def test_drill_stage_trains_the_language_model_without_the_reading_head() -> Non
     stats = tr.train(model, tok, settings)
     assert stats["steps"] >= 1 and "reading_accuracy" not in stats
     assert _changed(model, before)[0]
+
+
+@pytest.mark.parametrize("mult", [1.0, 5.0])
+def test_joint_stages_train_the_vision_side_at_their_multiple(mult: float) -> None:
+    model, _ = _tiny_model()
+    head = V.reading_head(model)
+    vision = {id(p) for p in V.vision_parameters(model)} | {id(p) for p in head.parameters()}
+    groups = tr._param_groups(model, head, tr.TrainSettings(kind="joint", vision_lr_mult=mult))
+    for group in groups:
+        sides = {id(p) in vision for p in group["params"]}  # type: ignore[attr-defined]
+        assert len(sides) == 1  # a group is all vision or all language model
+        assert group["lr_mult"] == (mult if sides.pop() else 1.0)
+    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters())) + 2  # type: ignore[arg-type,misc]

@@ -1,11 +1,15 @@
-"""In-process evaluation with transformers (greedy): tracks progress during training and gives the first
-table for the model card. ``training.evaluate`` is the through-the-product evaluation."""
+"""In-process evaluation with transformers (greedy, or sampled): tracks progress during training and gives
+the first table for the model card. ``training.evaluate`` is the through-the-product evaluation.
+
+    python -m training.inproc_eval models/thinkgate-arith --cells long/text/hard --samples 4 --temperature 1
+"""
 
 from __future__ import annotations
 
 import random
 import time
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from transformers import Idefics3ForConditionalGeneration, PreTrainedTokenizerFast
@@ -76,10 +80,13 @@ def generate(
     exs: list[E.Example],
     max_new: int = 500,
     batch: int = 25,
+    temperature: float = 0.0,
 ) -> list[tuple[str, int]]:
-    """Greedy replies (text without the prompt) and their reasoning-token counts."""
+    """Replies (text without the prompt) and their reasoning-token counts: greedy, or sampled at
+    ``temperature``."""
     pixel_fn = make_pixel_fn(tok)
     end_id = tok.convert_tokens_to_ids(tk.THINK_END)
+    sampling = {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0}
     out: list[tuple[str, int]] = []
     for i in range(0, len(exs), batch):
         chunk = exs[i : i + batch]
@@ -96,7 +103,7 @@ def generate(
             input_ids=ids,
             attention_mask=attn,
             max_new_tokens=max_new,
-            do_sample=False,
+            **(sampling if temperature > 0 else {"do_sample": False}),
             eos_token_id=tok.convert_tokens_to_ids(tk.IM_END),
             pad_token_id=tok.pad_token_id,
             **kwargs,
@@ -115,14 +122,18 @@ def evaluate(
     seed: int,
     cells: list[Cell] | None = None,
     max_new: int = 500,
+    samples: int = 1,
+    temperature: float = 0.0,
 ) -> dict[str, dict[str, float]]:
+    """pass@1 per cell on ``n`` held-out problems; with a ``temperature``, over ``samples`` sampled
+    replies per problem (``n`` in the table counts replies)."""
     was_training = model.training
     model.eval()
     table: dict[str, dict[str, float]] = {}
     for cell in cells or ALL_CELLS:
-        exs = held_out(cell, n, seed)
+        exs = [ex for ex in held_out(cell, n, seed) for _ in range(samples if temperature > 0 else 1)]
         t0 = time.monotonic()
-        replies = generate(model, tok, exs, max_new=max_new)
+        replies = generate(model, tok, exs, max_new=max_new, temperature=temperature)
         dt = time.monotonic() - t0
         correct = 0
         tokens = 0
@@ -158,3 +169,43 @@ def format_table(table: dict[str, dict[str, float]]) -> str:
             f"{v['reasoning_tokens']:.0f} | {v['seconds']:.2f} |"
         )
     return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Evaluate a checkpoint in process over several seeds' held-out problems (summed)."""
+    import argparse
+    from pathlib import Path
+
+    from training import render
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("checkpoint", type=Path)
+    ap.add_argument("--cells", default=",".join("/".join(c) for c in ALL_CELLS), help="mode/input/split,...")
+    ap.add_argument("--n", type=int, default=100, help="problems per cell and seed")
+    ap.add_argument("--seeds", default=",".join(map(str, EVAL_SEEDS)), help="held-out seeds (summed)")
+    ap.add_argument("--samples", type=int, default=1, help="replies per problem (with --temperature)")
+    ap.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
+    ap.add_argument("--as-is-images", action="store_true", help="images as drawn, not in the glyph grid")
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)  # the sampled replies are reproducible
+    render.NORMALISED = not args.as_is_images
+    tok = PreTrainedTokenizerFast.from_pretrained(str(args.checkpoint))
+    model = Idefics3ForConditionalGeneration.from_pretrained(str(args.checkpoint), dtype=torch.float32)
+    cells = [cast(Cell, tuple(c.split("/"))) for c in args.cells.split(",")]
+    total: dict[str, dict[str, float]] = {}
+    for seed in map(int, args.seeds.split(",")):
+        table = evaluate(model, tok, args.n, seed, cells, samples=args.samples, temperature=args.temperature)
+        for key, v in table.items():
+            acc = total.setdefault(key, {"n": 0, "pass1": 0.0, "reasoning_tokens": 0.0, "seconds": 0.0})
+            for field in ("pass1", "reasoning_tokens", "seconds"):  # means, weighted by replies
+                acc[field] = (acc[field] * acc["n"] + v[field] * v["n"]) / (acc["n"] + v["n"])
+            acc["n"] += v["n"]
+        print(f"[eval] seed {seed}: {brief(table)}", flush=True)
+    print(format_table(total))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -33,6 +33,7 @@ _Item = tuple[list[int], list[float], Image.Image | None, Layout | None]  # one 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[Image.Image], torch.Tensor | None]
 KINDS = ("mixed", "vision", "joint", "drill")
 LM_KINDS = ("mixed", "drill")  # stages with the language model's loss alone (no reading head)
+READING_KINDS = ("vision", "joint")  # stages that train the reading head
 
 
 @dataclass
@@ -206,6 +207,41 @@ def _param_groups(
     return out
 
 
+class StageClock:
+    """A stage's training time: wall-clock time minus the time its probes take, which does not count
+    against the budget. ``probe`` runs ``on_eval(step, elapsed)`` every ``every_s`` of training time."""
+
+    def __init__(self, every_s: float, on_eval: Callable[[int, float], None] | None) -> None:
+        self.start = time.monotonic()
+        self.probing = 0.0
+        self.every_s, self.next_probe = every_s, every_s
+        self.on_eval = on_eval
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.start - self.probing
+
+    def probe(self, model: torch.nn.Module, step: int, elapsed: float) -> None:
+        if self.on_eval is None or elapsed < self.next_probe:
+            return
+        t0 = time.monotonic()
+        model.eval()
+        self.on_eval(step, elapsed)
+        model.train()
+        self.probing += time.monotonic() - t0
+        self.next_probe += self.every_s
+
+
+def progress_bar(budget_s: float, kind: str) -> tqdm:  # type: ignore[type-arg]
+    """A stage's progress over its time budget; the caller sets ``n`` (seconds) and the postfix."""
+    return tqdm(
+        total=int(budget_s),
+        unit="s",
+        desc=f"train ({kind})",
+        mininterval=5,
+        bar_format="{desc}: {percentage:3.0f}%|{bar:20}| {n_fmt}/{total_fmt}s [{elapsed}] {postfix}",
+    )
+
+
 def train(
     model: Idefics3ForConditionalGeneration,
     tok: PreTrainedTokenizerFast,
@@ -223,21 +259,13 @@ def train(
     groups = _param_groups(model, head, s)
     opt = torch.optim.AdamW(groups, lr=s.lr, betas=(0.9, 0.98))  # type: ignore[arg-type]
     model.train()
-    start = time.monotonic()
-    eval_time = 0.0  # time spent evaluating does not count against the training budget
-    next_eval = s.eval_every_s
+    clock = StageClock(s.eval_every_s, on_eval)
     step, ema, read_ema = 0, None, None
     budget = s.minutes * 60
-    bar = tqdm(
-        total=int(budget),
-        unit="s",
-        desc=f"train ({s.kind})",
-        mininterval=5,
-        bar_format="{desc}: {percentage:3.0f}%|{bar:20}| {n_fmt}/{total_fmt}s [{elapsed}] {postfix}",
-    )
+    bar = progress_bar(budget, s.kind)
     stream = image_batches(s, rng, exclude) if s.kind == "vision" else batches(tok, s, rng, exclude)
     for ids, weights, attn, images, labels in stream:
-        elapsed = time.monotonic() - start - eval_time
+        elapsed = clock.elapsed()
         if elapsed >= budget:
             break
         lr = lr_at(s, elapsed)
@@ -265,18 +293,12 @@ def train(
         bar.n = int(min(elapsed, budget))
         reading = "" if read_ema is None else f" read {read_ema:.0%}"
         bar.set_postfix_str(f"step {step} loss {ema:.3f}{reading} lr {lr:.1e}")
-        if on_eval is not None and elapsed >= next_eval:
-            t0 = time.monotonic()
-            model.eval()
-            on_eval(step, elapsed)
-            model.train()
-            eval_time += time.monotonic() - t0
-            next_eval += s.eval_every_s
+        clock.probe(model, step, elapsed)
     bar.close()
     for p in model.parameters():
         p.requires_grad_(True)
     model.eval()
-    stats = {"steps": float(step), "loss": float(ema or 0.0), "seconds": time.monotonic() - start - eval_time}
+    stats = {"steps": float(step), "loss": float(ema or 0.0), "seconds": clock.elapsed()}
     if read_ema is not None:
         stats["reading_accuracy"] = float(read_ema)
     return stats
