@@ -91,3 +91,23 @@ def test_out_of_domain_prompts_get_the_fixed_reply(client: httpx.Client, mode: s
     content = r.json()["choices"][0]["message"]["content"] or ""
     assert "arithmetic" in content
     assert content.strip().startswith(OOD_REPLY[:40])  # the fixed-style reply, not free text
+
+
+def test_requests_without_a_temperature_are_answered_greedily(client: httpx.Client) -> None:
+    """The model card promises greedy answers by default. vLLM takes its default temperature from the
+    generation config's `temperature` (1.0 when absent), so the profile's engine flags set it to 0. The
+    question is outside the trained range, where sampled replies wander (4 of 4 differ in process)."""
+    question = {"role": "user", "content": "What is 12345678901 + 98765432109?"}
+    body = {"model": "thinkgate-arith", "messages": [question], "reasoning_mode": "long", "max_tokens": 300}
+
+    def reply(extra: dict[str, Any]) -> tuple[str | None, str | None]:
+        r = client.post("/v1/chat/completions", json={**body, **extra})
+        assert r.status_code == 200, r.text
+        message = r.json()["choices"][0]["message"]
+        return message.get("reasoning_content"), message["content"]
+
+    greedy = {reply({}) for _ in range(4)}
+    assert len(greedy) == 1
+    assert greedy == {reply({"temperature": 0})}
+    sampled = {reply({"temperature": 1.0}) for _ in range(3)}
+    assert sampled - greedy  # the control: at temperature 1 the replies do wander
