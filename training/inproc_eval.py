@@ -73,7 +73,41 @@ def split_reply(text: str) -> tuple[str, str]:
     return "", text.strip()
 
 
+def is_right(problem: pb.Problem, text: str) -> bool:
+    """Whether a reply's answer (after the thinking) ends with the problem's result."""
+    _, answer = split_reply(text)
+    return pb.final_integer(answer) == problem.result
+
+
 @torch.no_grad()
+def reply_ids(
+    model: Idefics3ForConditionalGeneration,
+    tok: PreTrainedTokenizerFast,
+    prompts: list[list[int]],
+    max_new: int,
+    temperature: float = 0.0,
+    **kwargs: object,
+) -> list[list[int]]:
+    """The ids generated after each prompt (left-padded together; rows end in padding after the
+    end-of-turn token): greedy, or plain sampling at ``temperature`` (no top-k, no top-p)."""
+    n = max(len(p) for p in prompts)
+    ids = torch.tensor([[tok.pad_token_id] * (n - len(p)) + p for p in prompts])
+    attn = torch.tensor([[0] * (n - len(p)) + [1] * len(p) for p in prompts])
+    if temperature > 0:
+        kwargs.update(do_sample=True, temperature=temperature, top_k=0, top_p=1.0)
+    else:
+        kwargs.update(do_sample=False)
+    gen = model.generate(
+        input_ids=ids,
+        attention_mask=attn,
+        max_new_tokens=max_new,
+        eos_token_id=tok.convert_tokens_to_ids(tk.IM_END),
+        pad_token_id=tok.pad_token_id,
+        **kwargs,
+    )
+    return gen[:, n:].tolist()
+
+
 def generate(
     model: Idefics3ForConditionalGeneration,
     tok: PreTrainedTokenizerFast,
@@ -86,29 +120,16 @@ def generate(
     ``temperature``."""
     pixel_fn = make_pixel_fn(tok)
     end_id = tok.convert_tokens_to_ids(tk.THINK_END)
-    sampling = {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0}
     out: list[tuple[str, int]] = []
     for i in range(0, len(exs), batch):
         chunk = exs[i : i + batch]
         prompts = [tok.encode(E.expand_image(E.prompt_text(ex)), add_special_tokens=False) for ex in chunk]
-        n = max(len(p) for p in prompts)
-        ids = torch.tensor([[tok.pad_token_id] * (n - len(p)) + p for p in prompts])
-        attn = torch.tensor([[0] * (n - len(p)) + [1] * len(p) for p in prompts])
         images = [ex.image for ex in chunk if ex.image is not None]
         kwargs = {}
         if images:
             pixels = pixel_fn(images)
             kwargs["pixel_values"] = pixels.reshape(len(images), 1, *pixels.shape[-3:])
-        gen = model.generate(
-            input_ids=ids,
-            attention_mask=attn,
-            max_new_tokens=max_new,
-            **(sampling if temperature > 0 else {"do_sample": False}),
-            eos_token_id=tok.convert_tokens_to_ids(tk.IM_END),
-            pad_token_id=tok.pad_token_id,
-            **kwargs,
-        )
-        for row in gen[:, n:].tolist():
+        for row in reply_ids(model, tok, prompts, max_new, temperature, **kwargs):
             ended = row.index(end_id) if end_id in row else None
             n_reason = ended if ended is not None else 0
             out.append((tok.decode(row, skip_special_tokens=True), n_reason))
@@ -138,9 +159,8 @@ def evaluate(
         correct = 0
         tokens = 0
         for ex, (text, n_reason) in zip(exs, replies, strict=True):
-            _, answer = split_reply(text)
             assert ex.problem is not None
-            correct += pb.final_integer(answer) == ex.problem.result
+            correct += is_right(ex.problem, text)
             tokens += n_reason
         r = CellResult(len(exs), correct, tokens / len(exs), dt / len(exs))
         table["/".join(cell)] = {

@@ -24,7 +24,7 @@ from transformers import Idefics3ForConditionalGeneration, PreTrainedTokenizerFa
 from training import examples as E
 from training import problems as pb
 from training import tokenizer as tk
-from training.inproc_eval import split_reply
+from training.inproc_eval import is_right, reply_ids
 from training.train import StageClock, progress_bar
 
 
@@ -53,8 +53,7 @@ def reward(tok: PreTrainedTokenizerFast, problem: pb.Problem, reply: list[int]) 
     """1.0 when the reply ends its turn and its answer's last integer is the result, else 0.0."""
     if not reply or reply[-1] != tok.convert_tokens_to_ids(tk.IM_END):
         return 0.0
-    _, answer = split_reply(tok.decode(reply, skip_special_tokens=True))
-    return float(pb.final_integer(answer) == problem.result)
+    return float(is_right(problem, tok.decode(reply, skip_special_tokens=True)))
 
 
 def advantages(rewards: list[float], group: int) -> list[float]:
@@ -76,7 +75,6 @@ def problems_for_step(rng: random.Random, s: RLSettings, exclude: frozenset[pb.P
     return out
 
 
-@torch.no_grad()
 def rollouts(
     model: Idefics3ForConditionalGeneration,
     tok: PreTrainedTokenizerFast,
@@ -90,25 +88,12 @@ def rollouts(
     for p in problems:
         ex = E.Example(p, long=True, user_text=pb.text_prompt(p, rng))
         prompts += [tok.encode(E.prompt_text(ex), add_special_tokens=False)] * s.group
-    n = max(len(ids) for ids in prompts)
-    ids = torch.tensor([[tok.pad_token_id] * (n - len(p)) + p for p in prompts])
-    attn = torch.tensor([[0] * (n - len(p)) + [1] * len(p) for p in prompts])
     was_training = model.training
     model.eval()
-    out = model.generate(
-        input_ids=ids,
-        attention_mask=attn,
-        max_new_tokens=s.max_new,
-        do_sample=True,
-        temperature=s.temperature,
-        top_k=0,
-        top_p=1.0,
-        eos_token_id=end,
-        pad_token_id=tok.pad_token_id,
-    )
+    out = reply_ids(model, tok, prompts, s.max_new, s.temperature)
     model.train(was_training)
     result = []
-    for k, row in enumerate(out[:, n:].tolist()):
+    for k, row in enumerate(out):
         reply = row[: row.index(end) + 1] if end in row else row
         result.append(Rollout(prompts[k], reply, reward(tok, problems[k // s.group], reply)))
     return result
