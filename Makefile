@@ -28,7 +28,7 @@ lint: install
 	$(VENV)/bin/mypy
 
 # Rebuild the bundled model from nothing: nine stages, 325 min (ARGS=--quick: every stage scaled down to
-# 1.5 min, the pipeline check; ARGS="--recipe hour": the one-hour experiment of the model card).
+# 1.5 min, the pipeline check; ARGS="--recipe hour": the 58-minute build of the model card).
 model: install
 	$(PY) -m training.build $(ARGS)
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -23,6 +25,7 @@ from training.build import (  # noqa: E402
     quick_stages,
     stage_settings,
 )
+from training.train import TrainSettings  # noqa: E402
 
 SHIPPED = ROOT / "models" / "thinkgate-arith"
 
@@ -82,11 +85,29 @@ def test_quick_builds_run_each_recipes_stages_in_proportion(name: str) -> None:
 
 
 def test_a_stage_passes_its_own_settings_to_training() -> None:
-    joint = next(s for s in HOUR if s.kind == "joint")
+    joint = Stage(10.0, 4e-4, "joint", normalised=True, vision_lr_mult=1.0)
     settings = stage_settings(joint, default_seed=77)
     assert (settings.kind, settings.lr, settings.minutes) == (joint.kind, joint.lr, joint.minutes)
-    assert settings.vision_lr_mult == joint.vision_lr_mult == 1.0  # from nothing: no younger side
+    assert settings.vision_lr_mult == 1.0
     assert settings.seed == 77  # no seed of its own: the build's
     assert stage_settings(Stage(10.0, 1e-3, seed=5), default_seed=77).seed == 5
     assert settings.eval_every_s == joint.minutes * 60 / 4
     assert stage_settings(joint, 77, quick=True).eval_every_s == joint.minutes * 30
+    assert (settings.batch, settings.image_rate) == (24, TrainSettings.image_rate)
+
+
+def test_a_text_only_stage_draws_no_images_and_its_own_batch_size() -> None:
+    from training import train as tr
+    from training.build import resumed_tokenizer
+
+    text_only = next(s for s in HOUR if not s.images)
+    settings = stage_settings(text_only, default_seed=3)
+    assert (settings.image_rate, settings.short_image_rate, settings.batch) == (0.0, 0.0, text_only.batch)
+    stream = tr.batches(resumed_tokenizer(SHIPPED), settings, random.Random(3))
+    first = [next(stream) for _ in range(8)]  # one pool: 8 batches
+    assert [ids.shape[0] for ids, *_ in first] == [text_only.batch] * 8
+    assert all(images == [] for _, _, _, images, _ in first)
+    # The same stage with images draws some (the default rates): the switch is what removed them.
+    with_images = stage_settings(replace(text_only, images=True), default_seed=3)
+    stream = tr.batches(resumed_tokenizer(SHIPPED), with_images, random.Random(3))
+    assert any(images for _, _, _, images, _ in (next(stream) for _ in range(8)))
