@@ -25,7 +25,7 @@ from training import examples as E
 from training import problems as pb
 from training import tokenizer as tk
 from training.inproc_eval import is_right, reply_ids
-from training.train import StageClock, progress_bar
+from training.train import StageClock, optimizer_step, progress_bar
 
 
 @dataclass
@@ -145,10 +145,7 @@ def train(
                 g["lr"] = s.lr * min(1.0, max(elapsed / s.warmup_s, 0.02))
             with torch.autocast("cpu", dtype=torch.bfloat16):
                 loss = policy_loss(model, tok.pad_token_id, batch, adv)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
+            optimizer_step(opt, loss)
             learned += 1
         recent = rewards[-50:]
         bar.n = int(min(elapsed, budget))

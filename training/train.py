@@ -242,6 +242,15 @@ def progress_bar(budget_s: float, kind: str) -> tqdm:  # type: ignore[type-arg]
     )
 
 
+def optimizer_step(opt: torch.optim.Optimizer, loss: torch.Tensor, max_norm: float = 1.0) -> None:
+    """Back-propagate ``loss`` and step, the gradients of the optimizer's parameters clipped to
+    ``max_norm`` (every training loop: supervised stages and `rl`)."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], max_norm)
+    opt.step()
+
+
 def train(
     model: Idefics3ForConditionalGeneration,
     tok: PreTrainedTokenizerFast,
@@ -282,10 +291,7 @@ def train(
                 if s.kind == "joint":
                     lm_loss = loss_fn(model, ids, weights, attn, None, encoded)
                     loss = lm_loss + s.reading_weight * loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], 1.0)  # type: ignore[attr-defined]
-        opt.step()
+        optimizer_step(opt, loss)
         step += 1
         ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
         if read_acc is not None:
