@@ -72,7 +72,7 @@ def test_quick_build_refuses_the_shipped_folder() -> None:
     assert "never writes the shipped model" in result.stderr
 
 
-@pytest.mark.parametrize("name", ["hour", "extended"])
+@pytest.mark.parametrize("name", ["hour", "hour-rl", "extended"])
 def test_quick_builds_run_each_recipes_stages_in_proportion(name: str) -> None:
     recipe = RECIPES[name]
     quick = quick_stages(recipe)

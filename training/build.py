@@ -2,6 +2,7 @@
 
     python -m training.build                 # the shipped weights (4 stages, 58 min): models/thinkgate-arith
     python -m training.build --quick         # every stage scaled down: a ~3-minute check, into a temp folder
+    python -m training.build --recipe hour-rl   # the same, then an RL stage (80 min; model card)
     python -m training.build --recipe extended  # nine stages ending in RL (325 min; model card)
     python -m training.build --placeholder   # final files with untrained weights (for wiring tests)
     python -m training.build --minutes 30    # one stage of 30 minutes
@@ -68,6 +69,11 @@ HOUR = (
     Stage(12.0, 3e-4, "drill", normalised=True, train={"drill_tokens": 12 * 256}),
 )
 
+# The hour, then reinforcement learning with the verifiable reward (training/rl.py): 80 minutes, past the
+# hour, so not the default. On the shipped weights it took sampled (temperature 1) pass@1 on 300
+# held-out hard text problems from 90.3 to 95.5 %; greedy cells moved within 2 problems in 300.
+HOUR_RL = (*HOUR, Stage(22.5, 3e-5, "rl", seed=1500, normalised=True))
+
 # The extended recipe (325 minutes, ending in reinforcement learning): the weights shipped before the
 # one-hour build met every target. Seeds are the ones each stage was first run with.
 # 1-3. Text and both modes: 50 minutes at lr 1e-3, then twice 60 more at 5e-4. In process, the
@@ -93,7 +99,7 @@ EXTENDED = (
     Stage(30.0, 3e-4, "drill", seed=1401, normalised=True),
     Stage(22.5, 3e-5, "rl", seed=1500, normalised=True),
 )
-RECIPES = {"hour": HOUR, "extended": EXTENDED}
+RECIPES = {"hour": HOUR, "hour-rl": HOUR_RL, "extended": EXTENDED}
 DEFAULT_RECIPE = "hour"
 
 
@@ -183,7 +189,8 @@ def main(argv: list[str] | None = None) -> int:
         "--recipe",
         choices=sorted(RECIPES),
         default=DEFAULT_RECIPE,
-        help="hour: the shipped weights' four stages (58 min); extended: nine stages ending in RL (325 min)",
+        help="hour: the shipped weights' four stages (58 min); hour-rl: those, then RL (80 min); "
+        "extended: nine stages ending in RL (325 min)",
     )
     ap.add_argument("--lr", type=float, default=None, help="peak learning rate")
     ap.add_argument("--stages", type=parse_stages, default=None, help="kind:minutes:lr,... (experiments)")
