@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
 from app.config import Settings
 from app.db.engine import create_engine, migrate
-from app.keys import KeyLimits, KeyStore
+from app.keys import KeyLimits, KeyStore, KeyStoreError
 from app.metering.prices import format_usd
 
 CLEARABLE = {
@@ -17,6 +18,10 @@ CLEARABLE = {
     "modes": "allowed_modes",
     "max-effort": "max_effort",
 }
+# The admin API's bounds (app/api/admin.py; a test keeps them equal), here so that the CLI does not
+# import the web app: rpm and tpm are INTEGER columns (32-bit on PostgreSQL), budgets at most $1e9.
+MAX_PER_MINUTE = 2**31 - 1
+MAX_BUDGET_MICROS = 1_000_000_000 * 1_000_000
 
 
 def _limits(args: argparse.Namespace) -> KeyLimits:
@@ -29,11 +34,27 @@ def _limits(args: argparse.Namespace) -> KeyLimits:
     )
 
 
+def _out_of_range(args: argparse.Namespace) -> str | None:
+    """What is wrong with the limits given to `keys create`/`keys update`, before the database
+    sees them (a number it cannot hold would be a traceback); None when they are all right."""
+    for flag in ("rpm", "tpm"):
+        value = getattr(args, flag, None)
+        if value is not None and not 1 <= value <= MAX_PER_MINUTE:
+            return f"--{flag} must be from 1 to {MAX_PER_MINUTE}; got {value}"
+    budget = getattr(args, "budget", None)
+    if budget is not None and not 0 <= budget <= MAX_BUDGET_MICROS:
+        return f"--budget must be from 0 to {format_usd(MAX_BUDGET_MICROS)} USD; got {format_usd(budget)}"
+    return None
+
+
 def _money(micros: int | None) -> str:
     return "unlimited" if micros is None else "$" + format_usd(micros)
 
 
 async def run(args: argparse.Namespace, settings: Settings) -> int:
+    if args.command == "keys" and (problem := _out_of_range(args)) is not None:
+        print(f"thinkgate: {problem}", file=sys.stderr)
+        return 2
     await migrate(settings.database_url)
     engine = create_engine(settings.database_url)
     try:
@@ -49,7 +70,11 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
 
 async def _keys(args: argparse.Namespace, keys: KeyStore) -> int:
     if args.keys_command == "create":
-        key_id, secret = await keys.create(args.name, _limits(args), is_admin=args.admin)
+        try:
+            key_id, secret = await keys.create(args.name, _limits(args), is_admin=args.admin)
+        except KeyStoreError as exc:
+            print(f"thinkgate: no key was created. {exc}", file=sys.stderr)
+            return 1
         print(f"Created key {key_id} ({args.name}). Its secret is shown only once:")
         print(secret)
         return 0

@@ -8,6 +8,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import httpx
+import orjson
 
 from app.api.protocol import ChatCompletionRequest, ImagePart, TextPart
 from app.errors import InvalidRequest, PermissionDenied
@@ -16,16 +17,28 @@ from app.media import ImageLimits, normalize_image_url
 from app.modes import ModeDecision, resolve_mode, split_model_suffix
 from app.profiles import ModelProfile, ProfileRegistry
 
-# Our own fields, and the dialects that `modes` turns into one decision: never sent upstream as-is.
-GATEWAY_FIELDS = frozenset(
+# What a client may send that goes to the engine as it is: sampling and decoding settings only,
+# an allowlist. Everything else the engine would read (add_generation_prompt, continue_final_message,
+# chat_template, chat_template_kwargs, documents, echo, thinking_token_budget, best_of, ...) changes
+# how the prompt is built or how much is generated unseen, and so could switch the mode or escape
+# the meter: the gateway sets those itself from the mode decision, or not at all.
+ENGINE_FIELDS = frozenset(
     {
-        "model", "messages", "stream", "stream_options", "max_tokens", "max_completion_tokens",
-        "reasoning_mode", "reasoning_effort", "reasoning", "thinking", "include_reasoning",
+        "temperature", "top_p", "top_k", "min_p", "seed", "stop", "stop_token_ids", "n",
+        "presence_penalty", "frequency_penalty", "repetition_penalty", "logit_bias", "logprobs",
+        "top_logprobs", "user", "response_format", "tools", "tool_choice", "parallel_tool_calls",
+        "min_tokens", "ignore_eos", "include_stop_str_in_output", "bad_words",
     }
 )  # fmt: skip
-# Per message and per request, what a chat template adds around the text (an upper bound).
+# The fields of a message that reach the chat template (past reasoning is dropped, see below).
+MESSAGE_FIELDS = ("role", "name", "tool_calls", "tool_call_id")
+# Per message and per request, what a chat template adds around the text (an upper bound), and
+# what it adds to present tools: a preamble, and some wrapping per tool. Tools are rendered as JSON
+# by the templates we know, with ", " and ": " separators: at most 1.5 times the compact JSON.
 TEMPLATE_TOKENS_PER_MESSAGE = 16
 TEMPLATE_TOKENS_PER_REQUEST = 64
+TEMPLATE_TOKENS_FOR_TOOLS = 512
+TEMPLATE_TOKENS_PER_TOOL = 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,16 +48,26 @@ class MediaPolicy:
 
 
 @dataclass(frozen=True, slots=True)
+class PendingImage:
+    """An image part of the upstream body, checked and decoded only once the request is admitted."""
+
+    part: dict[str, Any]  # the upstream body's part, whose URL `load_images` replaces
+    url: str
+    param: str
+
+
+@dataclass(frozen=True, slots=True)
 class PreparedChat:
     request_id: str
     request: ChatCompletionRequest
     model: str  # served id, without the mode suffix
     profile: ModelProfile
     decision: ModeDecision
-    body: dict[str, Any]  # what goes to the engine
+    body: dict[str, Any]  # what goes to the engine (images filled in by `load_images`)
     prompt_bound: int  # upper bound of prompt tokens, for the reservation
     output_bound: int  # max generated tokens over all choices
     image_count: int
+    images: tuple[PendingImage, ...] = ()
 
 
 def new_request_id() -> str:
@@ -79,22 +102,25 @@ def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-async def _upstream_messages(
-    request: ChatCompletionRequest,
-    profile: ModelProfile,
-    media: MediaPolicy,
-    client: httpx.AsyncClient,
-) -> tuple[list[dict[str, Any]], int, int]:
-    """Messages for the engine, the prompt's byte size and the image count.
+def _json_size(value: Any) -> int:
+    return len(orjson.dumps(value))
 
-    Past reasoning (`reasoning_content` / `reasoning`) is dropped: reasoning models are trained to
-    see only the answers of earlier turns.
+
+def _upstream_messages(
+    request: ChatCompletionRequest, profile: ModelProfile, media: MediaPolicy
+) -> tuple[list[dict[str, Any]], int, list[PendingImage]]:
+    """Messages for the engine (image parts still to load), an upper bound of the bytes they put
+    in the prompt, and their images.
+
+    Only the fields a chat template reads are kept. Past reasoning (`reasoning_content` /
+    `reasoning`) is dropped: reasoning models are trained to see only the answers of earlier turns.
     """
     messages: list[dict[str, Any]] = []
     size = 0
-    images = 0
+    images: list[PendingImage] = []
     for i, message in enumerate(request.messages):
-        out = message.model_dump(exclude_none=True, exclude={"content", "reasoning_content", "reasoning"})
+        out = {name: value for name in MESSAGE_FIELDS if (value := getattr(message, name, None)) is not None}
+        size += sum(_json_size(value) for name, value in out.items() if name != "role")
         content = message.content
         if isinstance(content, str):
             out["content"] = content
@@ -111,20 +137,11 @@ async def _upstream_messages(
                         raise InvalidRequest(
                             f"The model {request.model!r} does not accept images", param=param
                         )
-                    images += 1
-                    if images > media.max_images:
+                    if len(images) >= media.max_images:
                         raise InvalidRequest(f"At most {media.max_images} images per request", param=param)
-                    limits = replace(
-                        media.limits, max_side=min(media.limits.max_side, profile.max_image_side)
-                    )
-                    image = await normalize_image_url(
-                        part.image_url.url,
-                        limits,
-                        param=f"{param}.url",
-                        client=client,
-                        layout=profile.image_layout,
-                    )
-                    parts.append({"type": "image_url", "image_url": {"url": image.data_url}})
+                    upstream = {"type": "image_url", "image_url": {"url": ""}}
+                    images.append(PendingImage(upstream, part.image_url.url, f"{param}.url"))
+                    parts.append(upstream)
             out["content"] = parts
         elif message.content is None and message.role in ("user", "system", "developer"):
             raise InvalidRequest(
@@ -134,24 +151,28 @@ async def _upstream_messages(
     return messages, size, images
 
 
-async def prepare_chat(
-    request: ChatCompletionRequest,
-    principal: Principal,
-    profiles: ProfileRegistry,
-    media: MediaPolicy,
-    client: httpx.AsyncClient,
+def _tools_bound(tools: object) -> int:
+    """Prompt tokens the chat template may spend on presenting the tools (see the constants)."""
+    if not isinstance(tools, list) or not tools:
+        return 0
+    return _json_size(tools) * 3 // 2 + TEMPLATE_TOKENS_FOR_TOOLS + TEMPLATE_TOKENS_PER_TOOL * len(tools)
+
+
+def prepare_chat(
+    request: ChatCompletionRequest, principal: Principal, profiles: ProfileRegistry, media: MediaPolicy
 ) -> PreparedChat:
+    """Everything about a request that costs no more than reading it: the mode, the key's
+    permissions, the engine's body and the bounds of the reservation. Images are only counted
+    here; `load_images` checks and decodes them once the request is admitted."""
     model, suffix_mode = split_model_suffix(request.model)
     profile = profiles.for_model(model)
     decision = resolve_mode(request, profile, suffix_mode)
     check_permissions(principal, decision)
-    messages, prompt_bytes, images = await _upstream_messages(request, profile, media, client)
+    messages, prompt_bytes, images = _upstream_messages(request, profile, media)
 
     max_tokens = request.output_bound() or profile.default_max_tokens
     body = {
-        key: value
-        for key, value in request.model_dump(exclude_none=True).items()
-        if key not in GATEWAY_FIELDS
+        key: value for key, value in request.model_dump(exclude_none=True).items() if key in ENGINE_FIELDS
     }
     body["model"] = model
     body["messages"] = messages
@@ -168,9 +189,10 @@ async def prepare_chat(
 
     prompt_bound = (
         prompt_bytes
-        + TEMPLATE_TOKENS_PER_MESSAGE * len(messages)
+        + _tools_bound(body.get("tools"))
+        + TEMPLATE_TOKENS_PER_MESSAGE * len(body["messages"])
         + TEMPLATE_TOKENS_PER_REQUEST
-        + images * profile.tokens_per_image
+        + len(images) * profile.tokens_per_image
     )
     return PreparedChat(
         request_id=new_request_id(),
@@ -181,8 +203,20 @@ async def prepare_chat(
         body=body,
         prompt_bound=prompt_bound,
         output_bound=max_tokens * request.n,
-        image_count=images,
+        image_count=len(images),
+        images=tuple(images),
     )
+
+
+async def load_images(prepared: PreparedChat, media: MediaPolicy, client: httpx.AsyncClient) -> None:
+    """Check, fetch and decode the request's images into its engine body (400/413 naming the part)."""
+    profile = prepared.profile
+    limits = replace(media.limits, max_side=min(media.limits.max_side, profile.max_image_side))
+    for image in prepared.images:
+        normalized = await normalize_image_url(
+            image.url, limits, param=image.param, client=client, layout=profile.image_layout
+        )
+        image.part["image_url"]["url"] = normalized.data_url
 
 
 def _close_thinking_upfront(body: dict[str, Any], profile: ModelProfile) -> dict[str, Any]:

@@ -1,7 +1,8 @@
 """`thinkgate`: serve the gateway, manage API keys, read usage.
 
 Every setting is a flag of `thinkgate serve` and a `THINKGATE_*` environment variable; a flag given
-on the command line wins over the environment.
+on the command line wins over the environment. Secrets are the exception: the admin key comes from
+`THINKGATE_ADMIN_KEY` or a file (`--admin-key-file`), since `ps` shows every process's arguments.
 """
 
 from __future__ import annotations
@@ -29,8 +30,13 @@ SERVE_FLAGS: dict[str, dict[str, Any]] = {
     "models-dir": {"type": Path, "help": "folder with model profiles and the bundled checkpoint"},
     "model": {"help": "profile of the embedded engine's model (default thinkgate-arith)"},
     "no-auth": {"action": "store_const", "const": True, "help": "no API key needed (loopback only)"},
-    "admin-key": {"help": "secret of the admin API"},
-    "instance-id": {"help": "stable name of this gateway instance (default host:port)"},
+    "no-api-docs": {"dest": "api_docs", "action": "store_const", "const": False,
+                    "help": "do not serve /docs, /redoc and /openapi.json"},
+    "admin-key-file": {"type": Path, "metavar": "PATH",
+                       "help": "file holding the secret of the admin API (or set THINKGATE_ADMIN_KEY)"},
+    "admin-key": {"metavar": "SECRET",
+                  "help": "deprecated, visible in ps: use THINKGATE_ADMIN_KEY or --admin-key-file"},
+    "instance-id": {"help": "name of this gateway, unique per database (default hostname:port)"},
     "max-request-bytes": {"type": int},
     "max-image-bytes": {"type": int},
     "max-image-pixels": {"type": int},
@@ -38,6 +44,7 @@ SERVE_FLAGS: dict[str, dict[str, Any]] = {
     "image-url-allowlist": {"action": "append", "metavar": "HOST",
                             "help": "host whose image URLs may be fetched"},
     "upstream-timeout-s": {"type": float},
+    "upstream-header-timeout-s": {"type": float, "help": "seconds the engine may take to answer (head)"},
     "health-interval-s": {"type": float},
     "no-affinity": {"dest": "affinity", "action": "store_const", "const": False,
                     "help": "do not keep a conversation on one replica"},
@@ -58,6 +65,8 @@ def _money(text: str) -> int:
         value = Decimal(text)
     except InvalidOperation:
         raise argparse.ArgumentTypeError(f"not an amount of USD: {text!r}") from None
+    if not value.is_finite():
+        raise argparse.ArgumentTypeError(f"not an amount of USD: {text!r}")
     if value < 0:
         raise argparse.ArgumentTypeError("a budget cannot be negative")
     return int((value * 1_000_000).to_integral_value())
@@ -153,6 +162,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     parser = build_parser()
     args = parser.parse_args(argv)
+    if getattr(args, "admin_key", None) is not None:
+        print(
+            "thinkgate: warning: --admin-key is deprecated: every local user sees it in `ps`. "
+            "Set THINKGATE_ADMIN_KEY or use --admin-key-file PATH instead.",
+            file=sys.stderr,
+        )
     try:
         settings = settings_from_args(args)
     except ValidationError as exc:

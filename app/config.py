@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import socket
 from pathlib import Path
 from typing import Annotated
 
@@ -37,8 +38,21 @@ class Settings(BaseSettings):
     models_dir: Path = REPO_ROOT / "models"
     model: str = Field("thinkgate-arith", description="Profile name of the embedded engine's model.")
     no_auth: bool = False
-    admin_key: str | None = Field(None, description="Secret for the admin API (keys, all usage).")
-    instance_id: str = Field("", description="Stable name of this gateway instance (default host:port).")
+    admin_key: str | None = Field(
+        None,
+        description="Secret for the admin API (keys, all usage). Give it in the environment or in "
+        "admin_key_file, never on the command line (`ps` shows that to every local user).",
+    )
+    admin_key_file: Path | None = Field(
+        None,
+        description="File holding the admin key (a Docker or Kubernetes secret); read at start, stripped.",
+    )
+    instance_id: str = Field(
+        "",
+        description="Stable name of this gateway instance, unique among the gateways sharing a database "
+        "(default: the machine's hostname and the port).",
+    )
+    api_docs: bool = Field(True, description="Serve /docs, /redoc and /openapi.json.")
 
     # Limits
     max_request_bytes: int = Field(20 * 1024 * 1024, ge=1024)
@@ -50,6 +64,12 @@ class Settings(BaseSettings):
     )
     image_fetch_timeout_s: float = Field(10.0, gt=0)
     upstream_timeout_s: float = Field(600.0, gt=0)
+    upstream_header_timeout_s: float = Field(
+        60.0,
+        gt=0,
+        description="How long the engine may take to send a response's headers (vLLM sends them as "
+        "soon as it accepts a streaming request); past it, 504 with Retry-After.",
+    )
     health_interval_s: float = Field(5.0, gt=0)
     affinity: bool = Field(True, description="Send turns of one conversation to the same replica.")
 
@@ -57,6 +77,11 @@ class Settings(BaseSettings):
     metering: bool = Field(True, description="Ledger, budgets and rate limits (off: only to measure them).")
     checkpoint_interval_s: float = Field(
         2.0, gt=0, description="How often a running request saves its token counts (billed if we die)."
+    )
+    ledger_spool: Path | None = Field(
+        None,
+        description="File where settlements the database still refuses at shutdown wait for the next "
+        "start (default: beside the SQLite file, or in data/, named after the instance id).",
     )
     prices_file: Path | None = Field(
         None, description="TOML of price overrides: [profile.long] answer_output = micro-USD per 1M tokens."
@@ -88,7 +113,29 @@ class Settings(BaseSettings):
                 "anyone on the network could spend the budget"
             )
         if not self.instance_id:
-            self.instance_id = f"{self.host}:{self.port}"
+            # Not the bind address: every container of a scaled service binds 0.0.0.0:8000, and a
+            # gateway reconciles its own id's open requests as interrupted when it starts.
+            self.instance_id = f"{socket.gethostname()}:{self.port}"
+        return self
+
+    @model_validator(mode="after")
+    def _read_admin_key_file(self) -> Settings:
+        if not self.admin_key:
+            self.admin_key = None
+        if self.admin_key_file is None:
+            return self
+        if self.admin_key is not None:
+            raise ValueError(
+                "the admin key is given both directly (THINKGATE_ADMIN_KEY or --admin-key) and in a file "
+                f"({self.admin_key_file}); give one"
+            )
+        try:
+            secret = self.admin_key_file.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValueError(f"cannot read the admin key file {self.admin_key_file}: {exc}") from None
+        if not secret:
+            raise ValueError(f"the admin key file {self.admin_key_file} is empty")
+        self.admin_key = secret
         return self
 
     @property

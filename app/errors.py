@@ -7,11 +7,13 @@ APIError                         {"error": {"message", "type", "param", "code"}}
 ├── PermissionDenied    403      the key may not use this mode/effort/route
 ├── NotFound            404      unknown model or route
 ├── IdempotencyConflict 409      the same Idempotency-Key is still running
+├── IdempotencyMismatch 409      the same Idempotency-Key with a different request
 ├── PayloadTooLarge     413
 ├── QuotaExceeded       429      budget cannot cover the worst case (insufficient_quota)
 ├── RateLimited         429      requests/tokens per minute (rate_limit_exceeded)
 ├── UpstreamError       502      the engine answered with something unusable
-└── EngineUnavailable   503      no healthy engine (with Retry-After)
+├── EngineUnavailable   503      no healthy engine (with Retry-After)
+└── GatewayTimeout      504      the engine did not answer in time (with Retry-After)
 """
 
 from __future__ import annotations
@@ -97,6 +99,15 @@ class IdempotencyConflict(APIError):
     code = "idempotency_key_in_use"
 
 
+class IdempotencyMismatch(APIError):
+    """An Idempotency-Key was sent again with a different request (as payment APIs refuse it). A 409
+    like a key still in use (this API answers 400, never 422), told apart by its code."""
+
+    status = 409
+    type = "invalid_request_error"
+    code = "idempotency_key_reused"
+
+
 class PayloadTooLarge(APIError):
     """The body or one of its images is over a configured limit."""
 
@@ -140,6 +151,20 @@ class EngineUnavailable(APIError):
     code = "engine_unavailable"
 
     def __init__(self, message: str = "No engine is available; retry shortly.", *, retry_after_s: int = 5):
+        super().__init__(message, headers={"Retry-After": str(retry_after_s)})
+
+
+class GatewayTimeout(APIError):
+    """The engine took the request but sent no response head in time (`upstream_header_timeout_s`);
+    the request was abandoned, which stops the engine, and may be retried."""
+
+    status = 504
+    type = "timeout"
+    code = "engine_timeout"
+
+    def __init__(
+        self, message: str = "The engine did not answer in time; retry shortly.", *, retry_after_s: int = 5
+    ):
         super().__init__(message, headers={"Retry-After": str(retry_after_s)})
 
 

@@ -5,20 +5,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import httpx
 
 from app.chat import MediaPolicy
-from app.config import Settings
+from app.config import REPO_ROOT, Settings
 from app.db.engine import create_engine, migrate, sqlite_file
 from app.engine.launcher import EmbeddedEngine
 from app.engine.pool import UpstreamPool
-from app.engine.transport import EngineTransport, mount_pattern, serves
+from app.engine.transport import EngineTransport, HeadTimeout, mount_pattern, serves
 from app.keys import KeyStore
 from app.media import ImageLimits
 from app.metering.ledger import Ledger
-from app.metering.prices import TokenCounts, apply_price_file, cost_micros
+from app.metering.prices import TokenCounts, apply_price_file, billed_prices, cost_micros
 from app.metering.ratelimit import RateLimiter
 from app.metering.sqlite_writer import SqliteWriter
 from app.metrics import Metrics
@@ -28,6 +30,14 @@ log = logging.getLogger("thinkgate")
 
 HEARTBEAT_S = 10.0
 STALE_AFTER_S = 60.0
+
+
+def _spool_path(settings: Settings) -> Path:
+    if settings.ledger_spool is not None:
+        return settings.ledger_spool
+    database_file = sqlite_file(settings.database_url)
+    folder = Path(database_file).parent if database_file else REPO_ROOT / "data"
+    return folder / f"unsettled-{re.sub(r'[^A-Za-z0-9_.-]', '_', settings.instance_id)}.jsonl"
 
 
 @dataclass
@@ -58,7 +68,7 @@ class Gateway:
 
         def price_of(model: str, mode: str, counts: TokenCounts) -> int:
             mode_key: Mode = "long" if mode == "long" else "short"
-            return cost_micros(profiles.for_model(model).prices[mode_key], counts)
+            return cost_micros(billed_prices(profiles.for_model(model), mode_key), counts)
 
         engine = None
         upstreams = list(settings.upstreams)
@@ -75,11 +85,20 @@ class Gateway:
             upstreams = [engine.url]
         # One pooled client for the engines: keep-alive connections, no read timeout while a model
         # thinks (the engine's own limits bound generation), a connect timeout to fail over fast.
-        # Plain-http engines go through the lean transport (app/engine/transport.py).
-        fast = EngineTransport()
+        # Plain-http engines go through the lean transport (app/engine/transport.py). The response
+        # head has a shorter deadline than the reads while it streams: an engine that takes a request
+        # and never answers is a 504 within upstream_header_timeout_s, not a 500 after the read timeout.
+        head_s = min(settings.upstream_header_timeout_s, settings.upstream_timeout_s)
+        fast = EngineTransport(head_timeout=head_s)
         client = httpx.AsyncClient(
             timeout=httpx.Timeout(settings.upstream_timeout_s, connect=5.0),
-            limits=httpx.Limits(max_connections=1000, max_keepalive_connections=200),
+            transport=HeadTimeout(
+                httpx.AsyncHTTPTransport(
+                    limits=httpx.Limits(max_connections=1000, max_keepalive_connections=200),
+                    trust_env=False,
+                ),
+                head_s,
+            ),
             follow_redirects=False,
             trust_env=False,
             mounts={mount_pattern(url): fast for url in upstreams if serves(url)},
@@ -100,7 +119,7 @@ class Gateway:
             pool=UpstreamPool(upstreams, client, probe_interval_s=settings.health_interval_s),
             client=client,
             keys=KeyStore(db, writer),
-            ledger=Ledger(db, settings.instance_id, price_of, writer),
+            ledger=Ledger(db, settings.instance_id, price_of, writer, spool=_spool_path(settings)),
             limiter=RateLimiter(db),
             metrics=Metrics(),
             media=media,
@@ -110,6 +129,9 @@ class Gateway:
 
     async def start(self) -> None:
         await migrate(self.settings.database_url)
+        settled = await self.ledger.settle_spooled()
+        if settled:
+            log.warning("settled %d request(s) that a stopped gateway could not write", settled)
         await self.ledger.heartbeat()
         closed = await self.ledger.reconcile(stale_after_s=STALE_AFTER_S, own=True)
         if closed:
@@ -123,6 +145,7 @@ class Gateway:
         while True:
             await asyncio.sleep(HEARTBEAT_S)
             try:
+                await self.ledger.retry_unsettled()
                 await self.ledger.heartbeat()
                 await self.ledger.reconcile(stale_after_s=STALE_AFTER_S)
                 await self.limiter.prune()

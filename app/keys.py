@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import secrets
 import time
 from dataclasses import dataclass
@@ -10,6 +11,7 @@ from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import insert, select, update
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.db.tables import api_keys
@@ -20,6 +22,20 @@ if TYPE_CHECKING:
 
 SECRET_PREFIX = "tg-"
 EFFORT_ORDER = ("none", "minimal", "low", "medium", "high")
+_HEX_DIGEST = re.compile(r"[0-9a-fA-F]{64}")
+
+
+class KeyStoreError(RuntimeError):
+    """The database refused a key operation. The message names the database's reason and never the
+    statement's parameters: SQLAlchemy's own errors print them, and they hold the secret's hash."""
+
+
+def _database_error(action: str, exc: SQLAlchemyError) -> KeyStoreError:
+    reason = str(getattr(exc, "orig", None) or type(exc).__name__).strip().splitlines()
+    # PostgreSQL's DETAIL line ("Key (secret_hash)=(...) already exists") is left out, and a
+    # digest in the first line blanked.
+    first = _HEX_DIGEST.sub("<redacted>", reason[0]) if reason else type(exc).__name__
+    return KeyStoreError(f"{action} failed in the database: {first}")
 
 
 def hash_secret(secret: str) -> str:
@@ -93,20 +109,24 @@ class KeyStore:
         """Returns (key id, secret). The secret is shown once and only its hash is stored."""
         secret = SECRET_PREFIX + secrets.token_urlsafe(32)
         key_id = "key_" + secrets.token_hex(8)
-        async with self.engine.begin() as conn:
-            await conn.execute(
-                insert(api_keys).values(
-                    id=key_id,
-                    name=name,
-                    secret_hash=hash_secret(secret),
-                    prefix=secret[:10],
-                    created_at=time.time(),
-                    is_admin=is_admin,
-                    spent_micros=0,
-                    reserved_micros=0,
-                    **limits.columns(),
+        try:
+            async with self.engine.begin() as conn:
+                await conn.execute(
+                    insert(api_keys).values(
+                        id=key_id,
+                        name=name,
+                        secret_hash=hash_secret(secret),
+                        prefix=secret[:10],
+                        created_at=time.time(),
+                        is_admin=is_admin,
+                        spent_micros=0,
+                        reserved_micros=0,
+                        **limits.columns(),
+                    )
                 )
-            )
+        except SQLAlchemyError as exc:
+            # `from None`: the chained original, with its parameters, must not reach a traceback.
+            raise _database_error("Creating the key", exc) from None
         return key_id, secret
 
     async def update(self, key_id: str, limits: KeyLimits, *, clear: tuple[str, ...] = ()) -> bool:
@@ -141,12 +161,15 @@ class KeyStore:
         if self.writer is not None:
             found = await self.writer.submit(KeyLookupOp(hash_secret(secret)))
             return _principal(SimpleNamespace(**found)) if found else None
-        async with self.engine.connect() as conn:
-            row = (
-                await conn.execute(
-                    select(api_keys).where(
-                        api_keys.c.secret_hash == hash_secret(secret), api_keys.c.revoked_at.is_(None)
+        try:
+            async with self.engine.connect() as conn:
+                row = (
+                    await conn.execute(
+                        select(api_keys).where(
+                            api_keys.c.secret_hash == hash_secret(secret), api_keys.c.revoked_at.is_(None)
+                        )
                     )
-                )
-            ).first()
+                ).first()
+        except SQLAlchemyError as exc:
+            raise _database_error("Looking up the key", exc) from None
         return _principal(row) if row else None

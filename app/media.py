@@ -23,12 +23,13 @@ Fetching, for allowlisted hosts: the host is resolved once (``getaddrinfo`` in a
 if any address is private, loopback, link-local, multicast, reserved, unspecified or otherwise not
 global, including IPv4 hidden in IPv6 (mapped, 6to4, Teredo, NAT64). The request then goes to that
 checked address, with the original Host header and TLS server name, so a second DNS answer cannot
-rebind it. Redirects are followed by hand, at most 3, and only to the same host. Environment proxies
-are ignored: a proxy would do its own resolution. The download is streamed and aborted once it
-passes ``max_bytes``; the whole fetch shares one ``fetch_timeout_s`` deadline.
+rebind it. Redirects are followed by hand, at most 3, and only within the same origin (scheme, host
+and port). Environment proxies are ignored: a proxy would do its own resolution. The download is
+streamed and aborted once it passes ``max_bytes``; the whole fetch shares one ``fetch_timeout_s``
+deadline.
 
 Errors name the request field in ``param``: 400 ``invalid_image`` (unreadable, not an allowed
-format, bad base64), 400 ``image_url_not_allowed`` (host or address refused, foreign redirect),
+format, bad base64), 400 ``image_url_not_allowed`` (host or address refused, redirect to another origin),
 400 ``invalid_image_url`` (scheme), 400 ``image_fetch_failed`` (network, HTTP status, timeout),
 413 ``payload_too_large`` (bytes or pixels).
 """
@@ -380,13 +381,30 @@ async def _download(
     )
 
 
+def _origin(url: str) -> tuple[str, str, int | None] | None:
+    """(scheme, host, port) with the scheme's default port filled in; None for a malformed URL."""
+    parsed = urlsplit(url)
+    scheme = parsed.scheme.lower()
+    try:
+        port = parsed.port
+    except ValueError:
+        return None
+    return scheme, (parsed.hostname or "").lower(), port or {"http": 80, "https": 443}.get(scheme)
+
+
 def _same_host_redirect(url: str, host: str, response: httpx.Response, param: str) -> str:
+    """The redirect's target, if it stays within the origin (scheme, host and port) that was checked.
+
+    The allowlist and the address check are about one host, but the same host on another port is
+    another service (an admin panel, a metadata proxy), and another scheme another port or a downgrade.
+    """
     location = str(response.headers.get("Location", ""))
     following = urljoin(url, location)
-    parsed = urlsplit(following)
-    if parsed.scheme not in ("http", "https") or (parsed.hostname or "").lower() != host:
+    target = _origin(following)
+    if target is None or target[0] not in ("http", "https") or target != _origin(url) or target[1] != host:
         raise InvalidRequest(
-            "The image URL redirected to another host, which the gateway does not follow.",
+            "The image URL redirected to another origin (scheme, host or port), "
+            "which the gateway does not follow.",
             param=param,
             code="image_url_not_allowed",
         )

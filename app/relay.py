@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import re
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
@@ -21,12 +23,16 @@ from app.chat import PreparedChat, continuation_body
 from app.engine.pool import Replica, UpstreamPool
 from app.engine.sse import match_text, sse_data, text_opening
 from app.engine.transport import EngineTransport, serves
-from app.errors import APIError, EngineUnavailable, InvalidRequest, UpstreamError
+from app.errors import APIError, EngineUnavailable, GatewayTimeout, InvalidRequest, UpstreamError
 from app.metering.prices import TokenCounts
 from app.reasoning import ThinkSplitter
 
+log = logging.getLogger("thinkgate")
+
 CONNECT_ERRORS = (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError, httpx.PoolTimeout)
 DRAIN_TIMEOUT_S = 1.0  # reading what follows [DONE]; an engine that lingers loses its connection
+_FIELD_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.\[\]]{0,100}")
+MAX_TOKEN_COUNT = 2**31 - 1  # the ledger's token columns (32-bit on PostgreSQL)
 
 # A chunk whose delta is one piece of text, kept as the engine's bytes: the hot path (one per token),
 # which the client side frames without parsing or serialising anything. In order: whether the text is
@@ -104,11 +110,15 @@ class ChatRun:
         self.cached_tokens = 0
         self.reasoning_tokens = 0
         self.answer_tokens = 0
-        self.engine_reasoning_tokens: int | None = None
-        self._seen_completion = 0
-        # The engine's latest cumulative usage, not yet counted, and whether its tokens were reasoning:
-        # counting waits for a change of phase or a reader, not every chunk (see _count_held_usage).
-        self._held_usage: tuple[dict[str, Any], bool] | None = None
+        # The engine's counts are per choice: with continuous usage, vLLM reports each chunk's
+        # `completion_tokens` (and reasoning tokens) for that chunk's choice alone; only the final
+        # usage chunk, which has no choice, sums them. Keyed by choice index; None: that final sum.
+        self._seen_completion: dict[int | None, int] = {}
+        self._engine_reasoning: dict[int | None, int] = {}
+        # The engine's latest cumulative usage, not yet counted, its choice, and whether its tokens
+        # were reasoning: counting waits for a change of phase or choice, or a reader, not every
+        # chunk (see _count_held_usage).
+        self._held_usage: tuple[dict[str, Any], int | None, bool] | None = None
         self._engine_parses = False
         # How every text chunk of the current engine stream starts (its id, object, created and
         # model, then the delta's opening), learnt from its first chunk; None until then, or when
@@ -132,9 +142,9 @@ class ChatRun:
         self._count_held_usage()
         reasoning = self.reasoning_tokens
         answer = self.answer_tokens
-        if self.engine_reasoning_tokens is not None and not self.forced_end:
+        if self._engine_reasoning and not self.forced_end:
             total = reasoning + answer
-            reasoning = min(self.engine_reasoning_tokens, total)
+            reasoning = min(_summed(self._engine_reasoning), total)
             answer = total - reasoning
         images = min(self.prompt_tokens, self.prepared.image_count * self.prepared.profile.tokens_per_image)
         return TokenCounts(
@@ -165,36 +175,45 @@ class ChatRun:
             state = self.choices[index] = ChoiceState(splitter)
         return state
 
-    def _hold_usage(self, usage: dict[str, Any], phase_is_reasoning: bool) -> None:
-        """Keep the engine's cumulative usage for counting later. The counts are cumulative, so only
-        the last usage of each run of same-phase chunks needs counting: it is counted when the phase
-        changes or when the counters are read (`counts`, the budget check, a continuation)."""
+    def _hold_usage(self, usage: dict[str, Any], index: int | None, phase_is_reasoning: bool) -> None:
+        """Keep the engine's cumulative usage for counting later. The counts are cumulative per
+        choice, so only the last usage of each run of same-choice, same-phase chunks needs counting:
+        it is counted when the choice or phase changes or when the counters are read (`counts`, the
+        budget check, a continuation)."""
         held = self._held_usage
-        if held is not None and held[1] != phase_is_reasoning:
+        if held is not None and (held[1] != index or held[2] != phase_is_reasoning):
             self._count_usage(*held)
-        self._held_usage = (usage, phase_is_reasoning)
+        self._held_usage = (usage, index, phase_is_reasoning)
 
     def _count_held_usage(self) -> None:
         if self._held_usage is not None:
             held, self._held_usage = self._held_usage, None
             self._count_usage(*held)
 
-    def _count_usage(self, usage: dict[str, Any], phase_is_reasoning: bool) -> None:
+    def _count_usage(self, usage: dict[str, Any], index: int | None, phase_is_reasoning: bool) -> None:
+        """Count what one usage object adds: for a choice, its own cumulative count against what was
+        seen of that choice; for the final sum (`index` None), whatever the choices' counts missed."""
         if self._count_prompt:
-            self.prompt_tokens = max(self.prompt_tokens, int(usage.get("prompt_tokens") or 0))
+            self.prompt_tokens = max(self.prompt_tokens, _count(usage, "prompt_tokens"))
             details = usage.get("prompt_tokens_details") or {}
-            self.cached_tokens = max(self.cached_tokens, int(details.get("cached_tokens") or 0))
-        completion = int(usage.get("completion_tokens") or 0)
-        new = completion - self._seen_completion
+            self.cached_tokens = max(self.cached_tokens, _count(details, "cached_tokens"))
+        completion = _count(usage, "completion_tokens")
+        seen = self._seen_completion
+        new = completion - (_summed(seen) if index is None else seen.get(index, 0))
         if new > 0:
-            self._seen_completion = completion
+            seen[index] = seen.get(index, 0) + new
             if phase_is_reasoning:
                 self.reasoning_tokens += new
             else:
                 self.answer_tokens += new
         completion_details = usage.get("completion_tokens_details") or {}
-        if isinstance(completion_details.get("reasoning_tokens"), int):
-            self.engine_reasoning_tokens = completion_details["reasoning_tokens"]
+        if isinstance(completion_details, dict) and "reasoning_tokens" in completion_details:
+            reasoning = _count(completion_details, "reasoning_tokens")
+            engine = self._engine_reasoning
+            if index is None:
+                engine[None] = engine.get(None, 0) + max(0, reasoning - _summed(engine))
+            else:
+                engine[index] = reasoning
 
     # -- the upstream conversation ------------------------------------------------------------
 
@@ -223,12 +242,19 @@ class ChatRun:
                         f"The engine could not be reached ({type(exc).__name__})."
                     ) from exc
                 continue
+            except httpx.TimeoutException as exc:
+                # Connected and sent, but no response head within upstream_header_timeout_s: not
+                # retried (the engine may have begun; the client may retry), the replica drained
+                # until a probe sees it again.
+                replica.in_flight -= 1
+                self.pool.report_failure(replica, f"{type(exc).__name__}: {exc}")
+                raise GatewayTimeout(f"The engine did not answer in time ({exc}); retry shortly.") from exc
             except BaseException:
                 replica.in_flight -= 1
                 raise
             if response.status_code >= 400:
                 replica.in_flight -= 1
-                raise await _engine_error(response)
+                raise await _engine_error(response, self.prepared.request_id)
             return response, replica
         raise EngineUnavailable()
 
@@ -267,7 +293,7 @@ class ChatRun:
             self.forced_end = True
             self.force_budget = False
             self._count_held_usage()
-            remaining = int(body["max_tokens"]) - self._seen_completion
+            remaining = int(body["max_tokens"]) - _summed(self._seen_completion)
             state = self._choice(0)
             if remaining <= 0:
                 state.finish_reason = "length"
@@ -278,7 +304,7 @@ class ChatRun:
             state.splitter = None  # the continuation is all answer
             # The continuation is a new engine request: its counters start from zero, and its
             # prompt (ours: the original prompt plus the reasoning) is not the client's to pay.
-            self._seen_completion = 0
+            self._seen_completion = {}
             self._count_prompt = False
 
     async def close(self) -> None:
@@ -373,7 +399,7 @@ class ChatRun:
         if self.first_token_at is None:
             self.first_token_at = time.perf_counter()
         if usage is not None:
-            self._hold_usage(usage, reasoning)
+            self._hold_usage(usage, 0, reasoning)
         return (reasoning, text, after_delta, self.counts if self.counts_per_chunk else None)
 
     def _normalise(self, chunk: dict[str, Any]) -> dict[str, Any] | None:
@@ -382,8 +408,10 @@ class ChatRun:
         choices = chunk.get("choices")
         phase_is_reasoning = False
         has_text = False
+        index: int | None = None  # the choice the usage is of (vLLM: one choice a chunk); None: all
         for choice in choices or ():
-            state = self._choice(int(choice.get("index") or 0))
+            index = int(choice.get("index") or 0)
+            state = self._choice(index)
             delta = choice.get("delta")
             if not isinstance(delta, dict):
                 delta = choice["delta"] = {}
@@ -426,12 +454,29 @@ class ChatRun:
         if has_text and self.first_token_at is None:
             self.first_token_at = time.perf_counter()
         if usage:
-            self._hold_usage(usage, phase_is_reasoning)
+            self._hold_usage(usage, index if choices and len(choices) == 1 else None, phase_is_reasoning)
         if not choices:
             return None
         if self.counts_per_chunk:
             chunk["usage"] = self.counts
         return chunk
+
+
+def _summed(counts: dict[int | None, int]) -> int:
+    return sum(counts.values())
+
+
+def _count(usage: dict[str, Any], name: str) -> int:
+    """A token count from the engine's usage, as an integer the ledger can store. Counting happens
+    whenever the counters are read (settlement included), so a broken engine's value is clamped
+    and logged here rather than raised."""
+    value = usage.get(name) or 0
+    if type(value) is int and 0 <= value <= MAX_TOKEN_COUNT:
+        return value
+    log.warning("engine sent an invalid usage.%s: %.40r", name, value)
+    if isinstance(value, int | float) and not isinstance(value, bool) and value == value:
+        return int(min(max(value, 0), MAX_TOKEN_COUNT))
+    return 0
 
 
 def _drop_separator(state: ChoiceState, content: str) -> str:
@@ -472,21 +517,26 @@ async def _drain(stream: AsyncIterator[list[bytes]]) -> None:
                 pass
 
 
-async def _engine_error(response: httpx.Response) -> APIError:
-    """Turn an engine's HTTP error into ours, keeping its message (e.g. prompt longer than the context)."""
+async def _engine_error(response: httpx.Response, request_id: str) -> APIError:
+    """Turn an engine's HTTP error into ours. The engine's own words go to the log, not to the client:
+    they may name its internals (paths, addresses, other requests). The field it names is kept."""
     raw = await response.aread()
     await response.aclose()
-    message = raw.decode(errors="replace")[:500]
+    status = response.status_code
+    log.warning(
+        "request %s: the engine answered %d: %s", request_id, status, raw[:1000].decode(errors="replace")
+    )
     param = None
-    try:
+    with contextlib.suppress(orjson.JSONDecodeError, AttributeError):
         error = orjson.loads(raw).get("error", {})
-        if isinstance(error, dict):
-            message = str(error.get("message", message))
-            param = error.get("param")
-    except (orjson.JSONDecodeError, AttributeError):
-        pass
-    if 400 <= response.status_code < 500:
+        named = error.get("param") if isinstance(error, dict) else None
+        if isinstance(named, str) and _FIELD_NAME.fullmatch(named):
+            param = named
+    if 400 <= status < 500:
         return InvalidRequest(
-            f"The engine refused the request: {message}", param=param, code="engine_rejected"
+            f"The engine refused the request (HTTP {status}); its reason is in the gateway's log "
+            f"under request id {request_id}.",
+            param=param,
+            code="engine_rejected",
         )
-    return UpstreamError(f"The engine failed ({response.status_code}): {message}")
+    return UpstreamError(f"The engine failed (HTTP {status}).")

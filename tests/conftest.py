@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -20,7 +21,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-from support import GatewayProcess, start_gateway  # noqa: E402
+from support import GatewayProcess, free_port, start_gateway, wait_http_ok  # noqa: E402
 
 
 @dataclass
@@ -47,7 +48,9 @@ def _wait_engine(config: pytest.Config, gateway: GatewayProcess, timeout_s: floa
     while (elapsed := time.monotonic() - started) < timeout_s:
         if gateway.process.poll() is not None:
             raise AssertionError(f"gateway exited ({gateway.process.returncode}):\n{gateway.log()[-4000:]}")
-        ready = httpx.get(f"{gateway.base_url}/ready", timeout=5)
+        # The replicas are shown to the admin key (and to the local caller of a --no-auth gateway).
+        admin = {"Authorization": f"Bearer {gateway.admin_key}"}
+        ready = httpx.get(f"{gateway.base_url}/ready", headers=admin, timeout=5)
         if ready.status_code == 200:
             progress(config, f"[engine] ready after {elapsed:.0f} s")
             return str(ready.json()["replicas"][0]["url"])
@@ -98,6 +101,24 @@ def client(gateway: GatewayProcess) -> Iterator[httpx.Client]:
         base_url=gateway.base_url, headers={"Authorization": f"Bearer {gateway.api_key}"}, timeout=300
     ) as http:
         yield http
+
+
+@pytest.fixture(scope="session")
+def fake_engine() -> Iterator[str]:
+    """The URL of bench/fake_engine.py (vLLM-shaped, no model) serving `fake-reasoner`, 8 tokens a stream.
+
+    Here, not in a tests/adversarial/conftest.py: a second conftest module would take the name
+    `conftest` that test modules import `Engine` from."""
+    port = free_port()
+    command = [sys.executable, "-m", "bench.fake_engine", "--port", str(port), "--tokens", "8"]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_http_ok(f"{url}/v1/models", process=process)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
 
 
 pytest_plugins = ["pg"]  # the PostgreSQL server fixtures (tests/pg.py)

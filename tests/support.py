@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import secrets
 import signal
 import socket
 import sqlite3
@@ -50,6 +51,7 @@ class GatewayProcess:
     process: subprocess.Popen[bytes]
     log_path: Path
     api_key: str = ""
+    admin_key: str = field(default="", repr=False)
     extra: dict[str, str] = field(default_factory=dict)
 
     def create_key(self, name: str, *flags: str) -> str:
@@ -103,9 +105,16 @@ def start_gateway(
     env: dict[str, str] | None = None,
     port: int | None = None,
     wait_ready: bool = True,
+    admin_key: str | None = None,
 ) -> Iterator[GatewayProcess]:
-    """`thinkgate serve` as a real process; stopped (SIGTERM) when the block ends."""
+    """`thinkgate serve` as a real process; stopped (SIGTERM) when the block ends.
+
+    The admin key goes in through the environment (`THINKGATE_ADMIN_KEY`, never the command line,
+    where `ps` shows it): `admin_key`, or a random one, unless `env` or `args` bring their own."""
     workdir.mkdir(parents=True, exist_ok=True)
+    env = dict(env or {})
+    if not any(arg.startswith("--admin-key") for arg in args):
+        admin_key = env.setdefault("THINKGATE_ADMIN_KEY", admin_key or "tg-admin-" + secrets.token_hex(16))
     port = port or free_port()
     database_url = database_url or sqlite_url(workdir)
     command = [*THINKGATE, "serve", "--port", str(port), "--database-url", database_url, *args]
@@ -115,9 +124,11 @@ def start_gateway(
     with log_path.open("ab") as log_file:
         process = subprocess.Popen(
             command, cwd=ROOT, stdout=log_file, stderr=subprocess.STDOUT,
-            env={**os.environ, "THINKGATE_HEALTH_INTERVAL_S": "1", **(env or {})},
+            env={**os.environ, "THINKGATE_HEALTH_INTERVAL_S": "1", **env},
         )  # fmt: skip
-    gateway = GatewayProcess(f"http://127.0.0.1:{port}", database_url, process, log_path)
+    gateway = GatewayProcess(
+        f"http://127.0.0.1:{port}", database_url, process, log_path, admin_key=admin_key or ""
+    )
     try:
         wait_http(f"{gateway.base_url}/health", process=process)
         if wait_ready and upstreams:
@@ -166,10 +177,10 @@ def query_db(database_url: str, sql: str, **params: object) -> list[dict[str, ob
 def expected_cost(record: Any) -> int:
     """What a usage record should cost, recomputed from its token counts and the profile's prices."""
     from app.config import REPO_ROOT
-    from app.metering.prices import TokenCounts, cost_micros
+    from app.metering.prices import TokenCounts, billed_prices, cost_micros
     from app.profiles import ProfileRegistry
 
-    prices = ProfileRegistry.from_dir(REPO_ROOT / "models" / "profiles").for_model(record["model"]).prices
+    profile = ProfileRegistry.from_dir(REPO_ROOT / "models" / "profiles").for_model(record["model"])
     counts = TokenCounts(
         prompt=record["prompt_tokens"],
         image=record["image_tokens"],
@@ -177,7 +188,7 @@ def expected_cost(record: Any) -> int:
         reasoning=record["reasoning_tokens"],
         answer=record["answer_tokens"],
     )
-    return cost_micros(prices[record["mode"]], counts)
+    return cost_micros(billed_prices(profile, record["mode"]), counts)
 
 
 def inked_cells(image: Any) -> list[int]:
@@ -188,3 +199,13 @@ def inked_cells(image: Any) -> list[int]:
 
     ink = np.asarray(image.convert("L")) < 128
     return [int(k) for k in np.flatnonzero(ink.reshape(GRID, CELL, GRID, CELL).any(axis=(1, 3)))]
+
+
+async def read_body(receive: Any) -> bytes:
+    """The whole body of an ASGI request (for the scripted engines and proxies of the tests)."""
+    body = b""
+    while True:
+        message = await receive()
+        body += message.get("body", b"")
+        if not message.get("more_body"):
+            return body

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from support import GatewayProcess, free_port, query_db, start_gateway
+from scripted_engine import ScriptedEngine
+from support import GatewayProcess, query_db, start_gateway
 
 ADMIN_SECRET = "admin-secret-for-tests"
 CHAT = {
@@ -22,11 +23,19 @@ CHAT = {
 
 
 @pytest.fixture(scope="module")
-def admin_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
-    """A gateway whose upstream does not answer: everything here is decided before the engine."""
+def engine() -> Iterator[ScriptedEngine]:
+    """A scripted engine that notes every request it gets: everything here is decided before it."""
+    scripted = ScriptedEngine().start()
+    yield scripted
+    scripted.stop()
+
+
+@pytest.fixture(scope="module")
+def admin_gateway(
+    engine: ScriptedEngine, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[GatewayProcess]:
     workdir: Path = tmp_path_factory.mktemp("admin-api")
-    dead = f"http://127.0.0.1:{free_port()}"
-    with start_gateway(workdir, upstreams=[dead], args=("--admin-key", ADMIN_SECRET), wait_ready=False) as gw:
+    with start_gateway(workdir, upstreams=[engine.url], admin_key=ADMIN_SECRET) as gw:
         yield gw
 
 
@@ -133,9 +142,10 @@ def test_revoked_key_is_refused(admin: httpx.Client, admin_gateway: GatewayProce
 
 
 def test_limits_set_through_the_api_are_enforced_before_the_engine(
-    admin: httpx.Client, admin_gateway: GatewayProcess
+    admin: httpx.Client, admin_gateway: GatewayProcess, engine: ScriptedEngine
 ) -> None:
-    """The upstream is dead, so an answer other than 503 proves the engine was never asked."""
+    """The engine notes every request it gets: none proves it was never asked."""
+    asked = len(engine.requests)
     short_only = admin.post("/v1/admin/keys", json={"name": "short only", "modes": ["short"]}).json()
     low_effort = admin.post("/v1/admin/keys", json={"name": "low effort", "max_effort": "low"}).json()
     broke = admin.post("/v1/admin/keys", json={"name": "broke", "budget": "0.000001"}).json()
@@ -164,6 +174,7 @@ def test_limits_set_through_the_api_are_enforced_before_the_engine(
         assert refused.json()["error"]["type"] == "insufficient_quota"
         balance = client.get("/v1/balance").json()
         assert balance["spent_micros"] == 0 and balance["reserved_micros"] == 0
+    assert len(engine.requests) == asked
     records = query_db(
         admin_gateway.database_url,
         "SELECT key_id, status, error, cost_micros FROM usage_records WHERE key_id IN (:a, :b, :c)",

@@ -14,7 +14,14 @@ import pytest
 from PIL import Image
 
 from app.api.protocol import ChatCompletionRequest
-from app.chat import MediaPolicy, PreparedChat, continuation_body, new_request_id, prepare_chat
+from app.chat import (
+    MediaPolicy,
+    PreparedChat,
+    continuation_body,
+    load_images,
+    new_request_id,
+    prepare_chat,
+)
 from app.errors import InvalidRequest, PermissionDenied
 from app.keys import ANONYMOUS, Principal
 from app.media import ImageLimits
@@ -32,8 +39,10 @@ def png(width: int = 600, height: int = 300) -> str:
 
 async def prepare(body: dict[str, Any], principal: Principal = ANONYMOUS) -> PreparedChat:
     request = ChatCompletionRequest.model_validate(body)
+    prepared = prepare_chat(request, principal, PROFILES, MEDIA)
     async with httpx.AsyncClient() as client:
-        return await prepare_chat(request, principal, PROFILES, MEDIA, client)
+        await load_images(prepared, MEDIA, client)
+    return prepared
 
 
 def user(content: Any) -> dict[str, Any]:
@@ -57,12 +66,78 @@ async def test_long_mode_body_for_the_bundled_model() -> None:
     assert prepared.output_bound == 300
 
 
-async def test_short_mode_and_client_template_kwargs_merge() -> None:
+async def test_short_mode_sends_only_the_profiles_template_kwargs() -> None:
+    """A client's chat_template_kwargs shape the prompt, so they never reach the engine: the profile's
+    switch is all the template is told (the mode was read from them by `modes` already)."""
     prepared = await prepare({**user("hi"), "model": "thinkgate-arith:short",
                               "chat_template_kwargs": {"custom": 1}})  # fmt: skip
     assert prepared.model == "thinkgate-arith"
-    assert prepared.body["chat_template_kwargs"] == {"custom": 1, "enable_thinking": False}
+    assert prepared.body["chat_template_kwargs"] == {"enable_thinking": False}
     assert "thinking_token_budget" not in prepared.body
+
+
+async def test_only_sampling_fields_pass_through_to_the_engine() -> None:
+    """The short-mode bypass: a prefilled open think block continued as the assistant's turn. Fields
+    that change how the prompt is built are dropped, whatever else the body says (an allowlist)."""
+    prepared = await prepare(
+        {
+            "model": "thinkgate-arith",
+            "reasoning_mode": "short",
+            "messages": [
+                {"role": "user", "content": "What is 482 * 37?", "prefix": True, "weight": 0},
+                {"role": "assistant", "content": "<think>\n", "reasoning_content": "x"},
+            ],
+            "add_generation_prompt": False,
+            "continue_final_message": True,
+            "chat_template": "{{ messages }}",
+            "documents": [{"text": "d"}],
+            "echo": True,
+            "best_of": 4,
+            "thinking_token_budget": 9999,
+            "min_p": 0.1,
+            "presence_penalty": 0.5,
+        }
+    )
+    body = prepared.body
+    for dropped in ("add_generation_prompt", "continue_final_message", "chat_template", "documents", "echo",
+                    "best_of", "thinking_token_budget"):  # fmt: skip
+        assert dropped not in body, dropped
+    assert body["min_p"] == 0.1 and body["presence_penalty"] == 0.5
+    assert body["messages"] == [
+        {"role": "user", "content": "What is 482 * 37?"},
+        {"role": "assistant", "content": "<think>\n"},
+    ]
+    assert body["chat_template_kwargs"] == {"enable_thinking": False}
+
+
+async def test_the_prompt_bound_covers_tools_and_tool_calls() -> None:
+    """Everything that reaches the prompt is in the reservation's bound, not only the message text."""
+    tools = [
+        {"type": "function", "function": {"name": f"tool_{i}", "description": "d" * 600,
+                                          "parameters": {"type": "object", "properties": {}}}}
+        for i in range(100)
+    ]  # fmt: skip
+    call = {
+        "id": "call_1",
+        "type": "function",
+        "function": {"name": "tool_1", "arguments": '{"a": "' + "x" * 5000 + '"}'},
+    }
+    plain = await prepare(user("hi"))
+    with_tools = await prepare({**user("hi"), "tools": tools, "tool_choice": "none"})
+    tools_size = len(__import__("json").dumps(tools))
+    assert with_tools.prompt_bound >= plain.prompt_bound + tools_size
+    history = await prepare(
+        {
+            "model": "thinkgate-arith",
+            "messages": [
+                {"role": "user", "content": "hi"},
+                {"role": "assistant", "content": None, "tool_calls": [call]},
+                {"role": "tool", "tool_call_id": "call_1", "content": "ok"},
+            ],
+        }
+    )
+    assert history.prompt_bound >= plain.prompt_bound + 5000
+    assert history.body["messages"][1]["tool_calls"] == [call]
 
 
 async def test_default_output_bound_comes_from_the_profile_times_n() -> None:

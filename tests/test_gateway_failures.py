@@ -74,9 +74,9 @@ def dead_upstream_gateway(tmp_path: Path) -> Iterator[GatewayProcess]:
 
 def test_no_engine_means_503_with_retry_after(dead_upstream_gateway: GatewayProcess) -> None:
     gateway = dead_upstream_gateway
-    ready = httpx.get(f"{gateway.base_url}/ready")
+    ready = httpx.get(f"{gateway.base_url}/ready", headers={"Authorization": f"Bearer {gateway.admin_key}"})
     assert ready.status_code == 503 and ready.headers["retry-after"]
-    assert ready.json()["replicas"][0]["healthy"] is False
+    assert ready.json()["replicas"][0]["healthy"] is False  # the replicas: for the admin key only
     response = httpx.post(
         f"{gateway.base_url}/v1/chat/completions",
         json=BODY,

@@ -22,7 +22,7 @@ import httpx
 import orjson
 import pytest
 import uvicorn
-from support import GatewayProcess, expected_cost, free_port, query_db, start_gateway
+from support import GatewayProcess, expected_cost, free_port, query_db, read_body, start_gateway
 
 pytestmark = pytest.mark.engine
 
@@ -33,6 +33,7 @@ MODEL = "thinkgate-arith"
 class Seen:
     prompt_tokens: int = 0
     completions: list[int] = field(default_factory=list)  # completion_tokens of each usage relayed
+    per_choice: dict[int, int] = field(default_factory=dict)  # the latest count relayed of each choice
     done: bool = False  # the engine's [DONE] was relayed
     gateway_left: bool = False  # the gateway closed the connection before the end
 
@@ -57,12 +58,7 @@ class RecordingProxy:
             return
         if self.client is None:
             self.client = httpx.AsyncClient(timeout=httpx.Timeout(300, connect=5))
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
+        body = await read_body(receive)
         url = (
             self.upstream
             + scope["path"]
@@ -105,10 +101,13 @@ class RecordingProxy:
                     seen.done = True
                 elif line.startswith("data: "):
                     chunks += 1
-                    usage = orjson.loads(line[6:]).get("usage")
+                    chunk = orjson.loads(line[6:])
+                    usage = chunk.get("usage")
                     if usage:
                         seen.prompt_tokens = usage["prompt_tokens"]
                         seen.completions.append(usage["completion_tokens"])
+                        if len(chunk.get("choices") or ()) == 1:
+                            seen.per_choice[chunk["choices"][0]["index"]] = usage["completion_tokens"]
                 await send({"type": "http.response.body", "body": (line + "\n").encode(), "more_body": True})
                 if line.startswith("data: ") and not seen.done:
                     # Pace the relay like a real engine (a few ms a token): on a loaded 2-core
@@ -313,3 +312,34 @@ def test_finished_stream_counts_equal_the_engines_final_usage(setup: Setup) -> N
         k=setup.key_id,
     )[0]["s"]
     assert key["reserved_micros"] == 0 and key["spent_micros"] == spent
+
+
+def test_n_choices_are_billed_for_every_choice_when_the_client_leaves(setup: Setup) -> None:
+    """vLLM's continuous usage counts each chunk's own choice (only the final chunk, never sent to a
+    client that left, sums them): a client that hangs up on 8 choices pays for all 8."""
+    body = {
+        "model": MODEL, "n": 8, "max_tokens": 40, "ignore_eos": True, "temperature": 1.0, "seed": 7,
+        "stream": True, "reasoning_mode": "long",
+        "messages": [{"role": "user", "content": "What is 4821 + 3377?"}],
+    }  # fmt: skip
+    deltas = 0
+    headers = {"Authorization": f"Bearer {setup.key}"}
+    with (
+        httpx.Client(base_url=setup.gateway.base_url, headers=headers, timeout=120) as client,
+        client.stream("POST", "/v1/chat/completions", json=body) as response,
+    ):
+        assert response.status_code == 200, response.read()
+        request_id = response.headers["x-request-id"]
+        for line in response.iter_lines():
+            if line.startswith("data: {"):
+                choice = (orjson.loads(line[6:]).get("choices") or [{}])[0]
+                delta = choice.get("delta") or {}
+                deltas += bool(delta.get("content") or delta.get("reasoning_content"))
+            if deltas >= 160:
+                break
+    record = settled(setup.gateway.database_url, request_id)
+    engine = setup.proxy.seen[request_id]
+    assert record["status"] == "aborted" and len(engine.per_choice) == 8
+    # Every text delta the client got is at least one token; the engine counted no more than this.
+    assert 160 <= record["completion_tokens"] <= sum(engine.per_choice.values())
+    assert record["cost_micros"] == expected_cost(record)

@@ -95,7 +95,7 @@ async def relay(
             request = ChatCompletionRequest.model_validate(
                 {"model": MODEL, "stream": True, "messages": [{"role": "user", "content": "What is 7 + 5?"}]}
             )
-            prepared = await prepare_chat(request, ANONYMOUS, PROFILES, MEDIA, client)
+            prepared = prepare_chat(request, ANONYMOUS, PROFILES, MEDIA)
             run = ChatRun(prepared, pool, client, keep_text=keep_text, counts_per_chunk=per_chunk_usage)
             fixed = {"id": "chatcmpl-ours", "object": "chat.completion.chunk", "created": 1, "model": MODEL}
             framer = ChunkFramer(
@@ -247,3 +247,21 @@ async def test_random_streams_look_the_same_through_both_lanes(monkeypatch: pyte
         assert_same(fast, slow)
         took_the_byte_lane += fast.plain
     assert took_the_byte_lane > 100  # the common chunks among them did take it
+
+
+@pytest.mark.parametrize(
+    ("reported", "counted"),
+    [(b"-5", 0), (b'"12"', 0), (b"3.7", 3), (b"1e300", 2**31 - 1), (b"1180591620717411303424", 2**31 - 1),
+     (b"true", 0), (b"null", 0)],
+)  # fmt: skip
+async def test_garbage_counts_from_the_engine_are_clamped_to_what_the_ledger_holds(
+    reported: bytes, counted: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A broken engine's usage must not break the settlement (a 500, or a PostgreSQL integer
+    overflow that leaves the record open): counts are clamped to the columns' range, and logged."""
+    body = sse([role_chunk(), chunk({"content": "7"}, 1), finish_chunk(1)])
+    relayed = await relay(
+        body.replace(b'"prompt_tokens":9', b'"prompt_tokens":' + reported), monkeypatch=monkeypatch
+    )
+    assert relayed.counts.prompt == counted
+    assert relayed.counts.completion == 1

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -121,7 +119,8 @@ def two_replica_gateway(
 
 
 def ready(gateway: GatewayProcess) -> dict[str, Any]:
-    body: dict[str, Any] = httpx.get(f"{gateway.base_url}/ready", timeout=10).json()
+    admin = {"Authorization": f"Bearer {gateway.admin_key}"}  # the replicas are for the admin key only
+    body: dict[str, Any] = httpx.get(f"{gateway.base_url}/ready", headers=admin, timeout=10).json()
     return body
 
 
@@ -255,32 +254,6 @@ def test_engine_connections_are_kept_alive_across_streams(engine: Engine, tmp_pa
             assert forwarder.connections - opened <= 1, forwarder.connections - opened
     finally:
         forwarder.close()
-
-
-@pytest.fixture()
-def fake_engine() -> Iterator[str]:
-    port = free_port()
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "bench.fake_engine",
-            "--port",
-            str(port),
-            "--tokens",
-            "8",
-            "--model",
-            "fake-reasoner",
-        ],
-        cwd=ROOT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_http_ok(f"{url}/v1/models", process=process)
-        yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=15)
 
 
 def test_two_models_behind_one_gateway_are_routed_by_discovery(

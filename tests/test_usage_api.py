@@ -88,7 +88,7 @@ def as_groups(rows: list[dict[str, Any]], group_by: list[str]) -> dict[tuple[str
 def seeded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Seeded]:
     workdir: Path = tmp_path_factory.mktemp("usage-api")
     dead = f"http://127.0.0.1:{free_port()}"
-    with start_gateway(workdir, upstreams=[dead], args=("--admin-key", ADMIN_SECRET), wait_ready=False) as gw:
+    with start_gateway(workdir, upstreams=[dead], admin_key=ADMIN_SECRET, wait_ready=False) as gw:
         keys = {}
         with httpx.Client(base_url=gw.base_url, headers={"Authorization": f"Bearer {ADMIN_SECRET}"}) as admin:
             for name, budget in (("alice", "5"), ("bob", None)):

@@ -33,9 +33,29 @@ VOCAB_SIZE = 640
 # that is being continued (continue_final_message, no generation prompt) keeps it, so a gateway can
 # close the thinking itself and let the model answer. Content may be a string
 # or a list of OpenAI-style parts; image parts become one <image> placeholder (the processor expands it).
+# Tools are presented the Hermes / Qwen3 way (a system block listing their JSON signatures, calls as
+# <tool_call> JSON, results as <tool_response>), so vLLM's `hermes` tool parser reads the model's calls.
+# Without tools, the prompt is exactly what the model was trained on.
+TOOLS_PREAMBLE = (
+    "# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
+    "You are provided with function signatures within <tools></tools> XML tags:\n<tools>"
+)
+TOOLS_CODA = (
+    "\n</tools>\n\nFor each function call, return a json object with function name and arguments "
+    'within <tool_call></tool_call> XML tags:\n<tool_call>\n{"name": <function-name>, '
+    '"arguments": <args-json-object>}\n</tool_call>'
+)
 CHAT_TEMPLATE = (
+    "{%- if tools -%}{{- '<|im_start|>system\\n' -}}"
+    "{%- if messages[0]['role'] == 'system' and messages[0]['content'] is string -%}"
+    "{{- messages[0]['content'] + '\\n\\n' -}}{%- endif -%}"
+    "{{- " + repr(TOOLS_PREAMBLE) + " -}}"
+    "{%- for tool in tools -%}{{- '\\n' + (tool | tojson) -}}{%- endfor -%}"
+    "{{- " + repr(TOOLS_CODA) + " + '<|im_end|>\\n' -}}{%- endif -%}"
     "{%- for message in messages -%}"
+    "{%- if not (tools and loop.first and message['role'] == 'system' and message['content'] is string) -%}"
     "{%- if message['content'] is string -%}{%- set content = message['content'] -%}"
+    "{%- elif message['content'] is none -%}{%- set content = '' -%}"
     "{%- else -%}{%- set ns = namespace(c='') -%}"
     "{%- for part in message['content'] -%}"
     "{%- if part['type'] in ['image', 'image_url'] -%}{%- set ns.c = ns.c + '<image>' -%}"
@@ -44,8 +64,18 @@ CHAT_TEMPLATE = (
     "{%- if message['role'] == 'assistant' and '</think>' in content"
     " and (add_generation_prompt or not loop.last) -%}"
     "{%- set content = content.split('</think>')[-1].lstrip('\\n') -%}{%- endif -%}"
-    "{{- '<|im_start|>' + message['role'] + '\\n' + content + '<|im_end|>\\n' -}}"
-    "{%- endfor -%}"
+    "{%- set calls = namespace(c=content) -%}"
+    "{%- for call in message.get('tool_calls') or [] -%}"
+    "{%- set function = call['function'] if call['function'] is defined else call -%}"
+    "{%- set arguments = function['arguments'] if function['arguments'] is string"
+    " else (function['arguments'] | tojson) -%}"
+    "{%- set calls.c = calls.c + ('\\n' if calls.c else '') + '<tool_call>\\n{\"name\": \"'"
+    " + function['name'] + '\", \"arguments\": ' + arguments + '}\\n</tool_call>' -%}{%- endfor -%}"
+    "{%- set content = calls.c -%}"
+    "{%- if message['role'] == 'tool' -%}"
+    "{{- '<|im_start|>user\\n<tool_response>\\n' + content + '\\n</tool_response><|im_end|>\\n' -}}"
+    "{%- else -%}{{- '<|im_start|>' + message['role'] + '\\n' + content + '<|im_end|>\\n' -}}{%- endif -%}"
+    "{%- endif -%}{%- endfor -%}"
     "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}"
     "{%- if enable_thinking is defined and enable_thinking is false -%}"
     "{{- '<think>\\n\\n</think>\\n\\n' -}}{%- else -%}{{- '<think>\\n' -}}{%- endif -%}{%- endif -%}"

@@ -35,6 +35,7 @@ ERRORS = error_responses(
     }
 )
 MAX_BUDGET_USD = Decimal(1_000_000_000)
+MAX_PER_MINUTE = 2**31 - 1  # rpm and tpm are INTEGER columns: 32-bit on PostgreSQL
 
 Budget = Annotated[
     Decimal | None,
@@ -49,17 +50,21 @@ Modes = Annotated[
     list[Literal["long", "short"]] | None, Field(min_length=1, description="Allowed reasoning modes")
 ]
 Effort = Literal["none", "minimal", "low", "medium", "high"]
-KeyId = Annotated[str, Path(max_length=32, description="Key id (key_...)")]
+# No control characters in names and ids: PostgreSQL refuses NUL in text (a 500 otherwise).
+NO_CONTROL = r"^[^\x00-\x1f\x7f]*$"
+KeyId = Annotated[str, Path(max_length=32, pattern=NO_CONTROL, description="Key id (key_...)")]
 
 
 class KeyCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(min_length=1, max_length=200)
+    name: str = Field(min_length=1, max_length=200, pattern=NO_CONTROL)
     admin: bool = Field(False, description="The key may use the admin API and read every key's usage")
     budget: Budget = None
-    rpm: int | None = Field(None, ge=1, description="Requests per minute")
-    tpm: int | None = Field(None, ge=1, description="Tokens per minute (prompt + completion)")
+    rpm: int | None = Field(None, ge=1, le=MAX_PER_MINUTE, description="Requests per minute")
+    tpm: int | None = Field(
+        None, ge=1, le=MAX_PER_MINUTE, description="Tokens per minute (prompt + completion)"
+    )
     modes: Modes = None
     max_effort: Effort | None = None
 
@@ -70,8 +75,8 @@ class KeyUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     budget: Budget = None
-    rpm: int | None = Field(None, ge=1)
-    tpm: int | None = Field(None, ge=1)
+    rpm: int | None = Field(None, ge=1, le=MAX_PER_MINUTE)
+    tpm: int | None = Field(None, ge=1, le=MAX_PER_MINUTE)
     modes: Modes = None
     max_effort: Effort | None = None
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Annotated, Any
@@ -22,15 +23,24 @@ from starlette.responses import Response, StreamingResponse
 from app.api.deps import CurrentPrincipal, GatewayDep, get_principal
 from app.api.protocol import ChatCompletionRequest
 from app.api.responses import END, FLUSH, DeferredJSONResponse, SSEResponse
-from app.chat import PreparedChat, new_request_id, prepare_chat
+from app.chat import PreparedChat, load_images, new_request_id, prepare_chat
 from app.engine.sse import DELTA_OPEN
 from app.errors import APIError, IdempotencyConflict, InvalidRequest, RateLimited, UpstreamError
 from app.gateway import Gateway
 from app.keys import Principal
 from app.metering.ledger import OpenRequest, Outcome
-from app.metering.prices import TokenCounts, cost_micros, format_usd, to_usd, worst_case_micros
+from app.metering.prices import (
+    TokenCounts,
+    billed_prices,
+    cost_micros,
+    format_usd,
+    to_usd,
+    worst_case_micros,
+)
+from app.modes import split_model_suffix
 from app.relay import ChatRun, Chunk, EngineFailure
 
+log = logging.getLogger("thinkgate")
 MAX_IDEMPOTENCY_KEY = 200
 
 
@@ -72,11 +82,12 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         (401, "Missing or wrong API key"),
         (403, "The key may not use this mode or effort"),
         (404, "Unknown model"),
-        (409, "A request with this Idempotency-Key is still running"),
+        (409, "This Idempotency-Key is still running, or was used with another request"),
         (413, "Body or image too large"),
         (429, "Budget exhausted (insufficient_quota) or rate limit (rate_limit_exceeded)"),
         (502, "The engine failed"),
         (503, "No engine available (see Retry-After)"),
+        (504, "The engine did not answer in time (see Retry-After)"),
     ]
 }  # fmt: skip
 
@@ -98,6 +109,15 @@ async def create_chat_completion(
 ) -> Any:
     """Documentation only: requests are served by `handle` (see `_ChatRoute` and api/app.py)."""
     raise AssertionError("served by handle")
+
+
+def request_fingerprint(request: ChatCompletionRequest) -> str:
+    """What an Idempotency-Key is bound to: the request's fields, whatever their order or spacing.
+    How the answer is delivered (streamed or not) is left out: a retry may ask for the same
+    completion either way, and is replayed in the form it asks for."""
+    fields = request.model_dump(mode="json", exclude_unset=True, exclude={"stream", "stream_options"})
+    canonical = orjson.dumps(fields, option=orjson.OPT_SORT_KEYS)
+    return hashlib.sha256(canonical).hexdigest()
 
 
 def _affinity(principal: Principal, request: ChatCompletionRequest) -> str:
@@ -129,6 +149,7 @@ class Completion:
         self.request = request
         self.idempotency_key = idempotency_key
         self.request_id = new_request_id()
+        self.model = request.model  # the served model id once `respond` has checked it
         self.prepared: PreparedChat | None = None
         self.handle: OpenRequest | None = None
         self.run: ChatRun | None = None
@@ -143,34 +164,39 @@ class Completion:
             await self.gateway.ledger.reject(
                 self.principal,
                 request_id=self.request_id,
-                model=self.request.model,
+                model=self.model,
                 mode=mode,
                 reason=f"{error.code or error.type}: {error.message}"[:500],
             )
-        self.gateway.metrics.requests.labels(self.request.model, mode, "rejected").inc()
+        self.gateway.metrics.requests.labels(self.model, mode, "rejected").inc()
 
     async def respond(self) -> Any:
         gateway = self.gateway
         metering = gateway.settings.metering
-        if self.idempotency_key and metering:
+        # A model no engine serves is refused before anything is recorded or counted: metric labels
+        # and ledger rows are made of served model ids only, never of a client's string.
+        self.model, _ = split_model_suffix(self.request.model)
+        gateway.pool.check_model(self.model)
+        fingerprint = request_fingerprint(self.request) if self.idempotency_key else None
+        if self.idempotency_key and fingerprint and metering:
             try:
-                replay = await gateway.ledger.replay(self.principal, self.idempotency_key)
-            except IdempotencyConflict as error:
+                replay = await gateway.ledger.replay(self.principal, self.idempotency_key, fingerprint)
+            except APIError as error:
                 await self._reject(error)
                 raise
             if replay is not None:
                 return _replay_response(replay, self.request.stream)
         try:
-            prepared = self.prepared = await prepare_chat(
-                self.request, self.principal, gateway.profiles, gateway.media, gateway.client
+            prepared = self.prepared = prepare_chat(
+                self.request, self.principal, gateway.profiles, gateway.media
             )
-            decision = prepared.decision
-            token_bound = prepared.prompt_bound + prepared.output_bound
         except APIError as error:
-            await self._reject(error, self.prepared.decision.mode if self.prepared else "-")
+            await self._reject(error)
             raise
+        decision = prepared.decision
+        token_bound = prepared.prompt_bound + prepared.output_bound
         gateway.metrics.mode_decisions.labels(decision.mode, decision.source).inc()
-        prices = prepared.profile.prices[decision.mode]
+        prices = billed_prices(prepared.profile, decision.mode)
         try:
             self.handle = (
                 None
@@ -184,6 +210,7 @@ class Completion:
                     effort=decision.effort,
                     reserve_micros=worst_case_micros(prices, prepared.prompt_bound, prepared.output_bound),
                     idempotency_key=self.idempotency_key,
+                    request_hash=fingerprint,
                     limiter=gateway.limiter,
                     rate_tokens=token_bound,
                 )
@@ -195,6 +222,13 @@ class Completion:
                 gateway.metrics.requests.labels(prepared.model, decision.mode, "rejected").inc()
             raise
         self.request_id = prepared.request_id
+        # Images are checked and decoded only now: the cheap checks, the rate limits and the budget
+        # come first, so a key that may not spend cannot make the gateway spend CPU either.
+        try:
+            await load_images(prepared, gateway.media, gateway.client)
+        except APIError as error:
+            await self._refuse_admitted(error)
+            raise
         keep_text = not self.request.stream or self.idempotency_key is not None
         options = self.request.stream_options
         self.run = ChatRun(
@@ -223,11 +257,25 @@ class Completion:
             return SSEResponse(self.frames(), self.finish, headers)
         return DeferredJSONResponse(self.complete, self.finish)
 
+    async def _refuse_admitted(self, error: APIError) -> None:
+        """Close the reservation of a request refused after admission (a bad image): `rejected`, free."""
+        assert self.prepared is not None
+        mode = self.prepared.decision.mode
+        if self.handle is not None:
+            outcome = Outcome(
+                status="rejected",
+                counts=TokenCounts(),
+                cost_micros=0,
+                error=f"{error.code or error.type}: {error.message}"[:500],
+            )
+            await self.gateway.ledger.settle(self.handle, outcome, limiter=self.gateway.limiter)
+        self.gateway.metrics.requests.labels(self.model, mode, "rejected").inc()
+
     # -- shared pieces ----------------------------------------------------------------------------
 
     def _cost(self, counts: TokenCounts | None = None) -> int:
         assert self.prepared is not None and self.run is not None
-        prices = self.prepared.profile.prices[self.prepared.decision.mode]
+        prices = billed_prices(self.prepared.profile, self.prepared.decision.mode)
         return cost_micros(prices, self.run.counts if counts is None else counts)
 
     def _usage(self, counts: TokenCounts | None = None) -> dict[str, Any]:
@@ -263,6 +311,18 @@ class Completion:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
+    def _engine_failed(self, error: EngineFailure | APIError) -> APIError:
+        """The error a client sees when the engine broke off: what went wrong stays in the log (the
+        engine's words may name its internals); the record and the client get our own words."""
+        self.status = "engine_error"
+        if isinstance(error, APIError):
+            self.error = error.message[:500]
+            return error
+        log.warning("request %s: %s", self.request_id, error)
+        failure = UpstreamError("The engine failed mid-stream; retry the request.")
+        self.error = failure.message
+        return failure
+
     def _final_status(self) -> str:
         assert self.run is not None
         return "length" if self.run.finish_reason() == "length" else "completed"
@@ -294,12 +354,7 @@ class Completion:
                 self._maybe_checkpoint()
             self.status = self._final_status()
         except (EngineFailure, APIError) as error:
-            self.status, self.error = "engine_error", str(error)[:500]
-            failure = (
-                error
-                if isinstance(error, APIError)
-                else UpstreamError(f"The engine failed mid-stream: {error}")
-            )
+            failure = self._engine_failed(error)
             yield b"data: " + orjson.dumps(failure.body()) + b"\n\n"
         # Settle once the client has everything so far (one that left meanwhile is `aborted`), and
         # before the stream ends, so a client that saw [DONE] reads its usage already recorded.
@@ -354,8 +409,7 @@ class Completion:
                 self._maybe_checkpoint()
             self.status = self._final_status()
         except (EngineFailure, APIError) as error:
-            self.status, self.error = "engine_error", str(error)[:500]
-            failure = error if isinstance(error, APIError) else UpstreamError(f"The engine failed: {error}")
+            failure = self._engine_failed(error)
             await self.finish(disconnected=False)
             return failure.status, orjson.dumps(failure.body()), {**headers, **failure.headers}
         await self.finish(disconnected=False)  # settled before the client reads the response
@@ -383,9 +437,8 @@ class Completion:
         if disconnected and self.status not in ("completed", "length"):
             self.status, self.error = "aborted", "client disconnected"
         counts = run.counts
-        cost = self._cost()
+        cost = self._cost()  # what the engine did, even past the reservation (see Ledger.settle)
         if self.handle is not None:
-            cost = min(cost, self.handle.reserved_micros)
             stored = None
             if self.idempotency_key and self.status in ("completed", "length"):
                 stored = orjson.dumps(self._completion_body()).decode()

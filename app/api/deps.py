@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+import logging
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -10,6 +11,8 @@ from fastapi import Depends, Request
 from app.errors import AuthenticationFailed, PermissionDenied
 from app.gateway import Gateway
 from app.keys import ADMIN, ANONYMOUS, Principal
+
+log = logging.getLogger("thinkgate")
 
 
 async def get_gateway(request: Request) -> Gateway:
@@ -52,6 +55,26 @@ async def get_principal(request: Request, gateway: GatewayDep) -> Principal:
 
 
 CurrentPrincipal = Annotated[Principal, Depends(get_principal)]
+
+
+async def is_admin_caller(request: Request, gateway: Gateway) -> bool:
+    """Whether the request carries the admin key (or an admin API key); never raises: for routes
+    open to anyone that tell the admin more (`/ready`). No header, no database lookup."""
+    try:
+        secret = _bearer(request)
+    except AuthenticationFailed:
+        return False
+    if secret is None:
+        return False
+    admin_key = gateway.settings.admin_key
+    if admin_key and hmac.compare_digest(secret.encode(), admin_key.encode()):
+        return True
+    try:
+        principal = await gateway.keys.authenticate(secret)
+    except Exception:  # the database may be down while a probe asks
+        log.warning("admin check failed: the key store did not answer")
+        return False
+    return principal is not None and principal.is_admin
 
 
 async def get_admin(principal: CurrentPrincipal) -> Principal:

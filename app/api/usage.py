@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
@@ -23,8 +24,8 @@ from starlette.responses import Response
 from app.api.deps import CurrentPrincipal, GatewayDep
 from app.api.error_docs import error_responses
 from app.api.protocol import ChatCompletionRequest, EstimateTokenCountRequest
-from app.chat import prepare_chat
-from app.errors import InvalidRequest, PermissionDenied, UpstreamError
+from app.chat import load_images, prepare_chat
+from app.errors import GatewayTimeout, InvalidRequest, PermissionDenied, UpstreamError
 from app.keys import Principal
 from app.metering.prices import format_usd, to_usd
 from app.metering.queries import (
@@ -36,9 +37,11 @@ from app.metering.queries import (
     usage_records_page,
     usage_totals,
 )
+from app.modes import split_model_suffix
 from app.relay import CONNECT_ERRORS
 
 router = APIRouter()
+log = logging.getLogger("thinkgate")
 
 ERRORS = error_responses(
     {
@@ -278,8 +281,10 @@ async def balance(principal: CurrentPrincipal, gateway: GatewayDep) -> BalanceOu
             401: "Missing or wrong API key",
             403: "The key may not use this mode or effort",
             404: "Unknown model",
+            429: "Requests per minute exceeded (rate_limit_exceeded)",
             502: "The engine failed",
             503: "No engine available",
+            504: "The engine did not answer in time",
         }
     ),
     summary="Prompt tokens of a chat request, counted by the model's own tokenizer (images included)",
@@ -288,7 +293,13 @@ async def estimate_token_count(
     body: EstimateTokenCountRequest, principal: CurrentPrincipal, gateway: GatewayDep
 ) -> TokenCountOut:
     request = ChatCompletionRequest.model_validate(body.model_dump(exclude_none=True))
-    prepared = await prepare_chat(request, principal, gateway.profiles, gateway.media, gateway.client)
+    gateway.pool.check_model(split_model_suffix(request.model)[0])
+    prepared = prepare_chat(request, principal, gateway.profiles, gateway.media)
+    # A count reaches the engine: it counts against the key's request rate like a completion, before
+    # any image is decoded. It is free, so it takes no budget and no tokens of the minute's allowance.
+    if gateway.settings.metering:
+        await gateway.limiter.admit(principal, 0)
+    await load_images(prepared, gateway.media, gateway.client)
     # The exact prompt the chat request would send: same normalised messages, same template switches.
     tokenize = {"model": prepared.model, "messages": prepared.body["messages"]}
     tokenize.update({name: prepared.body[name] for name in TOKENIZE_FIELDS if name in prepared.body})
@@ -298,22 +309,28 @@ async def estimate_token_count(
     except CONNECT_ERRORS as exc:
         gateway.pool.report_failure(replica, f"{type(exc).__name__}: {exc}")
         raise UpstreamError(f"The engine could not be reached ({type(exc).__name__}).") from exc
+    except httpx.TimeoutException as exc:  # connected, but no answer within the header timeout
+        gateway.pool.report_failure(replica, f"{type(exc).__name__}: {exc}")
+        raise GatewayTimeout(f"The engine did not answer in time ({exc}); retry shortly.") from exc
     except httpx.HTTPError as exc:
         raise UpstreamError(f"The engine failed to count tokens ({type(exc).__name__}).") from exc
     return TokenCountOut(data=TokenCount(total_tokens=_token_count(response)))
 
 
 def _token_count(response: httpx.Response) -> int:
+    if response.status_code >= 400:
+        # The engine's words stay in the log: they may name its internals (paths, addresses).
+        log.warning("the engine's /tokenize answered %d: %s", response.status_code, response.text[:1000])
+        if response.status_code < 500:
+            raise InvalidRequest(
+                f"The engine refused to count this request's tokens (HTTP {response.status_code}).",
+                code="engine_rejected",
+            )
+        raise UpstreamError(f"The engine failed to count tokens (HTTP {response.status_code}).")
     try:
         payload = response.json()
     except ValueError:
         payload = {}
-    if response.status_code >= 400:
-        error = payload.get("error") if isinstance(payload, dict) else None
-        message = error.get("message") if isinstance(error, dict) else response.text[:300]
-        if response.status_code < 500:
-            raise InvalidRequest(f"The engine refused the request: {message}", code="engine_rejected")
-        raise UpstreamError(f"The engine failed ({response.status_code}): {message}")
     count = payload.get("count") if isinstance(payload, dict) else None
     if not isinstance(count, int):
         raise UpstreamError("The engine's /tokenize answer has no token count.")

@@ -77,6 +77,7 @@ usage_records = Table(
     Column("ttft_ms", Float),
     Column("duration_ms", Float),
     Column("idempotency_key", String(200)),
+    Column("request_hash", String(64)),  # SHA-256 of the request an Idempotency-Key was sent with
     Column("response_json", Text),  # the completed response, replayed for a retried Idempotency-Key
     UniqueConstraint("key_id", "idempotency_key", name="uq_usage_idempotency"),
     Index("ix_usage_key_created", "key_id", "created_at"),

@@ -95,7 +95,8 @@ class EmbeddedEngine:
         verify_checkpoint(self.model_dir)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         env = {
-            **os.environ,
+            # The gateway's own settings (the admin key among them) are none of the engine's business.
+            **{name: value for name, value in os.environ.items() if not name.startswith("THINKGATE_")},
             "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", str(self.kv_cache_gib)),
             "VLLM_NO_USAGE_STATS": "1",
             "DO_NOT_TRACK": "1",

@@ -123,6 +123,18 @@ class UpstreamPool:
         """Models seen on any replica, healthy or not (to tell 404 from 503)."""
         return {model for replica in self.replicas for model in replica.models}
 
+    def check_model(self, model: str) -> None:
+        """Refuse a model no replica has listed: 404, or 503 while no replica has listed any yet.
+
+        Checked before anything is recorded or counted for a request, so that a metric label or a
+        ledger row is only ever made of a served model id, never of a client's string."""
+        if any(model in replica.models for replica in self.replicas):
+            return
+        if not self.known_models():
+            raise EngineUnavailable("No engine has reported its models yet; retry shortly.")
+        shown = model if len(model) <= 100 else f"{model[:100]}…"
+        raise NotFound(f"The model {shown!r} does not exist.", param="model", code="model_not_found")
+
     def pick(self, model: str, *, affinity: str | None = None, exclude: Replica | None = None) -> Replica:
         candidates = [r for r in self.replicas if r.healthy and r.serves(model) and r is not exclude]
         if not candidates:

@@ -13,7 +13,12 @@ image fetches) goes through httpx's default transport. What it does:
 - a response body that is closed before its end closes the connection: that is how the engine
   learns that the client left, and stops generating;
 - the body is read in whatever pieces arrived together (several SSE events at once when the engine
-  is ahead), with back-pressure: reading pauses while more than `HIGH_WATER` bytes wait.
+  is ahead), with back-pressure: reading pauses while more than `HIGH_WATER` bytes wait;
+- the response head has a deadline of its own (`head_timeout`, the `upstream_header_timeout_s`
+  setting), shorter than the read timeout between body pieces: an engine that takes a request and
+  never answers it is given up on (httpx.ReadTimeout, a 504 to the client) in seconds, not after
+  the long read timeout that a model thinking between tokens needs. `HeadTimeout` gives httpx's
+  own transport (https engines) the same deadline.
 """
 
 from __future__ import annotations
@@ -213,10 +218,11 @@ class _Body(httpx.AsyncByteStream):
 class EngineTransport(httpx.AsyncBaseTransport):
     """httpx transport over asyncio + httptools, for http:// engine origins (see the module doc)."""
 
-    def __init__(self, max_idle: int = MAX_IDLE) -> None:
+    def __init__(self, max_idle: int = MAX_IDLE, *, head_timeout: float | None = None) -> None:
         self._idle: dict[tuple[str, int], list[_Connection]] = {}
         self._max_idle = max_idle
         self._closed = False
+        self.head_timeout = head_timeout  # at most this long for a response's head (None: the read timeout)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         url = request.url
@@ -243,11 +249,15 @@ class EngineTransport(httpx.AsyncBaseTransport):
         self, origin: tuple[str, int], head: bytes, body: bytes, timeouts: dict[str, float | None]
     ) -> httpx.Response:
         """Send one request and wait for the response's head; the body streams from the response."""
+        head_timeout = _shorter(timeouts.get("read"), self.head_timeout)
         for attempt in range(2):
             conn, reused = await self._acquire(origin, timeouts.get("connect"))
             try:
                 conn.send_request(head, body)
-                await conn.wait_head(timeouts.get("read"))
+                await conn.wait_head(head_timeout)
+            except httpx.ReadTimeout:
+                conn.close()  # the engine learns that the request is abandoned, and drops it
+                raise httpx.ReadTimeout(f"no response head within {head_timeout:g} s") from None
             except httpx.RemoteProtocolError:
                 conn.close()
                 if reused and not conn.received_any and attempt == 0:
@@ -293,6 +303,37 @@ class EngineTransport(httpx.AsyncBaseTransport):
             for conn in idle:
                 conn.close()
         self._idle.clear()
+
+
+class HeadTimeout(httpx.AsyncBaseTransport):
+    """Another httpx transport with a deadline on the response head (httpx's own has only a read
+    timeout, which also bounds the waits between body pieces); see the module doc."""
+
+    def __init__(self, inner: httpx.AsyncBaseTransport, head_timeout: float) -> None:
+        self.inner = inner
+        self.head_timeout = head_timeout
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        timeouts = request.extensions.get("timeout", {})
+        head_timeout = _shorter(timeouts.get("read"), self.head_timeout)
+        deadline = asyncio.timeout(head_timeout)
+        try:
+            async with deadline:
+                return await self.inner.handle_async_request(request)
+        except TimeoutError:
+            if not deadline.expired():
+                raise
+            raise httpx.ReadTimeout(f"no response head within {head_timeout:g} s", request=request) from None
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+def _shorter(timeout: float | None, other: float | None) -> float | None:
+    """The shorter of two timeouts, None being no timeout."""
+    if timeout is None:
+        return other
+    return timeout if other is None else min(timeout, other)
 
 
 def body_pieces(response: httpx.Response) -> AsyncIterator[bytes]:

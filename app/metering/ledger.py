@@ -11,10 +11,12 @@ budget can never be overrun by concurrent requests, on one gateway or many shari
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
 
 import orjson
 from sqlalchemy import and_, insert, or_, select, update
@@ -22,7 +24,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app.db.tables import api_keys, instances, usage_records
-from app.errors import IdempotencyConflict, QuotaExceeded
+from app.errors import IdempotencyConflict, IdempotencyMismatch, QuotaExceeded
 from app.keys import Principal
 from app.metering.prices import TokenCounts, format_usd
 from app.metering.ratelimit import RateLimiter
@@ -35,7 +37,7 @@ from app.metering.sqlite_writer import (
     rejected_for_budget,
 )
 
-FINAL_STATUSES = ("completed", "length", "aborted", "engine_error", "rejected", "interrupted")
+log = logging.getLogger("thinkgate")
 
 
 @dataclass(slots=True)
@@ -60,6 +62,41 @@ class Outcome:
     finish_reason: str | None = None
     error: str | None = None
     ttft_ms: float | None = None
+
+
+class Unsettled(NamedTuple):
+    """A settlement the database refused, kept until it can be written."""
+
+    handle: OpenRequest
+    outcome: Outcome
+    response_json: str | None
+    limiter: RateLimiter | None
+
+    def to_json(self) -> dict[str, Any]:
+        handle, outcome = self.handle, self.outcome
+        return {
+            "handle": {
+                "request_id": handle.request_id,
+                "key_id": handle.key_id,
+                "has_key_row": handle.has_key_row,
+                "reserved_micros": handle.reserved_micros,
+                "started": handle.started,
+            },
+            "outcome": {**asdict(outcome), "counts": asdict(outcome.counts)},
+            "response_json": self.response_json,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Unsettled:
+        outcome = dict(data["outcome"])
+        counts = TokenCounts(**outcome.pop("counts"))
+        return cls(
+            OpenRequest(**data["handle"]), Outcome(counts=counts, **outcome), data["response_json"], None
+        )
+
+
+# Retries of a refused settlement before it is left to housekeeping: about 3.5 s in all.
+SETTLE_RETRY_DELAYS_S = (0.1, 0.4, 1.0, 2.0)
 
 
 @dataclass(slots=True)
@@ -89,8 +126,11 @@ class Ledger:
         instance_id: str,
         price_of: PriceOf,
         writer: SqliteWriter | None = None,
+        spool: Path | None = None,
     ) -> None:
         self.engine = engine
+        self.spool = spool  # where settlements still refused at shutdown wait for the next start
+        self.unsettled: list[Unsettled] = []
         self.instance_id = instance_id
         self.price_of = price_of
         self.writer = writer
@@ -109,6 +149,7 @@ class Ledger:
         effort: str | None,
         reserve_micros: int,
         idempotency_key: str | None = None,
+        request_hash: str | None = None,
         limiter: RateLimiter | None = None,
         rate_tokens: int = 0,
     ) -> OpenRequest:
@@ -129,6 +170,7 @@ class Ledger:
             "mode_source": mode_source,
             "effort": effort,
             "idempotency_key": idempotency_key,
+            "request_hash": request_hash,
         }
         try:
             if self.writer is not None:
@@ -188,23 +230,30 @@ class Ledger:
             )
         return True, window
 
-    async def replay(self, principal: Principal, idempotency_key: str) -> dict[str, Any] | None:
+    async def replay(
+        self, principal: Principal, idempotency_key: str, request_hash: str
+    ) -> dict[str, Any] | None:
         """The stored response of a finished request with this key, or None to run it (again).
 
-        A still-running one is a 409. A failed one frees the key for this retry; its record stays.
+        The key is bound to the request it came with: another request under the same key is a 409
+        `idempotency_key_reused`, whatever the first one's state. A still-running one is a 409
+        `idempotency_key_in_use`. A failed one frees the key for this retry; its record stays.
         """
         where = (
             usage_records.c.key_id == principal.key_id,
             usage_records.c.idempotency_key == idempotency_key,
         )
+        columns = (usage_records.c.status, usage_records.c.response_json, usage_records.c.request_hash)
         async with self.engine.begin() as conn:
-            row = (
-                await conn.execute(
-                    select(usage_records.c.status, usage_records.c.response_json).where(*where)
-                )
-            ).first()
+            row = (await conn.execute(select(*columns).where(*where))).first()
             if row is None:
                 return None
+            if row.request_hash is not None and row.request_hash != request_hash:
+                raise IdempotencyMismatch(
+                    "This Idempotency-Key was already used with a different request; "
+                    "use a new key for a new request.",
+                    param="Idempotency-Key",
+                )
             if row.status == "open":
                 raise IdempotencyConflict(
                     "A request with this Idempotency-Key is still running; retry when it has finished.",
@@ -262,12 +311,35 @@ class Ledger:
     ) -> bool:
         """Close the record and move reserved → spent; False if it was already closed (reconciled).
 
-        With `limiter`, the rate window counted at `open` is corrected to the tokens really used,
-        in the same transaction. Settlements that arrive while one is being written are written
-        together in the next transaction (group commit): under load the database connection is
-        taken once per batch instead of once per request.
+        The cost is what the engine did, even past the reservation: an overrun is billed, never
+        forgiven, and the key's balance may go below zero by it (logged here). A settlement the
+        database refuses (disk full, connection lost) is retried a few times at once, then kept and
+        retried by housekeeping (`retry_unsettled`) until it lands; the reservation stays held, so
+        the key cannot spend the money meanwhile. False while it is pending.
         """
         self._running = max(self._running - 1, 0)
+        if outcome.cost_micros > handle.reserved_micros:
+            log.warning(
+                "request %s cost %d micro-USD, %d more than reserved: billed in full",
+                handle.request_id,
+                outcome.cost_micros,
+                outcome.cost_micros - handle.reserved_micros,
+            )
+        pending = Unsettled(handle, outcome, response_json, limiter)
+        for delay in (*SETTLE_RETRY_DELAYS_S, None):
+            try:
+                return await self._settle_once(pending)
+            except Exception as error:
+                if delay is None:
+                    log.error("settling %s failed, kept to retry: %s", handle.request_id, error)
+                    self.unsettled.append(pending)
+                    return False
+                log.warning("settling %s failed (%s); retrying in %g s", handle.request_id, error, delay)
+                await asyncio.sleep(delay)
+        raise AssertionError("unreachable")
+
+    async def _settle_once(self, pending: Unsettled) -> bool:
+        handle, outcome, response_json, limiter = pending
         if self.writer is not None:
             op = _settle_op(handle, outcome, response_json, limiter)
             closed: bool = await self.writer.submit(op, defer=self._running > 0)
@@ -277,6 +349,49 @@ class Ledger:
         if self._settler is None or self._settler.done():
             self._settler = asyncio.create_task(self._write_settlements(), name="thinkgate-settle")
         return await asyncio.shield(done)
+
+    async def retry_unsettled(self) -> int:
+        """Try the settlements the database refused again; how many are still pending."""
+        pending, self.unsettled = self.unsettled, []
+        for index, item in enumerate(pending):
+            try:
+                await self._settle_once(item)
+            except Exception as error:
+                log.warning("settling %s still fails: %s", item.handle.request_id, error)
+                self.unsettled.extend(pending[index:])
+                break
+        return len(self.unsettled)
+
+    def spool_unsettled(self) -> None:
+        """At shutdown: write the settlements still pending to the spool file, settled at the next
+        start (`settle_spooled`) before reconciliation could close them from older counts. If the
+        file cannot be written either, each is logged in full, for an operator to bill by hand."""
+        if not self.unsettled:
+            return
+        lines = [orjson.dumps(item.to_json()) for item in self.unsettled]
+        try:
+            if self.spool is None:
+                raise OSError("no spool file configured")
+            self.spool.parent.mkdir(parents=True, exist_ok=True)
+            with self.spool.open("ab") as spool:
+                spool.write(b"".join(line + b"\n" for line in lines))
+            log.error("%d unsettled request(s) spooled to %s", len(lines), self.spool)
+        except OSError as error:
+            for line in lines:
+                log.error("unsettled request, not spooled (%s): %s", error, line.decode())
+        self.unsettled = []
+
+    async def settle_spooled(self) -> int:
+        """At start-up: settle what a previous life of a gateway spooled; how many were settled."""
+        if self.spool is None or not self.spool.exists():
+            return 0
+        self.unsettled = [
+            Unsettled.from_json(orjson.loads(line)) for line in self.spool.read_bytes().splitlines()
+        ]
+        total = len(self.unsettled)
+        self.spool.unlink()
+        left = await self.retry_unsettled()
+        return total - left
 
     async def _write_settlements(self) -> None:
         while self._settlements:
@@ -313,6 +428,8 @@ class Ledger:
         return True
 
     async def close(self) -> None:
+        if self.unsettled and await self.retry_unsettled():
+            self.spool_unsettled()
         if self.writer is not None:
             await self.writer.close()
         await self.engine.dispose()
@@ -361,7 +478,7 @@ class Ledger:
             reasoning=row.reasoning_tokens,
             answer=row.answer_tokens,
         )
-        cost = min(self.price_of(row.model, row.mode, counts), row.reserved_micros)
+        cost = self.price_of(row.model, row.mode, counts)  # billed in full, as at settlement
         async with self.engine.begin() as conn:
             closed = await conn.execute(
                 update(usage_records)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import tomllib
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from app.profiles import Mode, Prices, ProfileError, ProfileRegistry
+from app.profiles import Mode, ModelProfile, Prices, ProfileError, ProfileRegistry
 
 PER = 1_000_000
 
@@ -39,6 +40,23 @@ def cost_micros(prices: Prices, counts: TokenCounts) -> int:
         + counts.answer * prices.answer_output
     )
     return _ceil_div(total, PER)
+
+
+def billed_prices(profile: ModelProfile, mode: Mode) -> Prices:
+    """The prices a request of `mode` is billed at. Reasoning tokens are long-CoT work whichever mode
+    asked for them: a short-mode request that made the model reason anyway (a prompt crafted to open
+    a think block, a logit bias) pays long-CoT's reasoning price for them, if that is dearer."""
+    prices = profile.prices[mode]
+    if mode == "short":
+        return _reasoning_at(prices, profile.prices["long"].reasoning_output)
+    return prices
+
+
+@functools.cache
+def _reasoning_at(prices: Prices, reasoning_output: int) -> Prices:
+    if reasoning_output <= prices.reasoning_output:
+        return prices
+    return replace(prices, reasoning_output=reasoning_output)
 
 
 def worst_case_micros(prices: Prices, prompt_tokens_bound: int, output_tokens_bound: int) -> int:

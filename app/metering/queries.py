@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import math
 import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
 from typing import Any
 
 from sqlalchemy import ColumnElement, and_, case, func, literal, or_, select
@@ -43,7 +44,11 @@ RECORD_FIELDS = (
     "idempotency_key",
 )
 DAY_S = 86_400
-_RELATIVE = re.compile(r"^(\d+)([mhdw])$")
+# The times a bound may name, in unix seconds: from 0001-01-01 to the end of 9999-12-31 (what a date
+# can be). Past them, or not finite: a 400, not an overflow in date arithmetic or in the database.
+MIN_TIME = -62_135_596_800.0
+MAX_TIME = 253_402_300_800.0
+_RELATIVE = re.compile(r"^(\d{1,12})([mhdw])$")
 _UNIT_S = {"m": 60, "h": 3600, "d": DAY_S, "w": 7 * DAY_S}
 
 
@@ -62,6 +67,12 @@ class UsageFilter:
     key_id: str | None = None
     start: float | None = None
     end: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.key_id is not None and "\x00" in self.key_id:  # PostgreSQL refuses NUL in text
+            raise QueryError("key_id is not a key id", "key_id")
+        for param in ("start", "end"):
+            _check_time(getattr(self, param), param)
 
     def clauses(self) -> list[ColumnElement[bool]]:
         where: list[ColumnElement[bool]] = []
@@ -88,39 +99,58 @@ def parse_group_by(text: str, param: str = "group_by") -> tuple[str, ...]:
     return groups
 
 
+def _check_time(seconds: float | None, param: str) -> float | None:
+    """`seconds`, if it is a time a bound may name (see MIN_TIME); else a QueryError."""
+    if seconds is not None and not (math.isfinite(seconds) and MIN_TIME <= seconds <= MAX_TIME):
+        raise QueryError(
+            f"{param} is out of range: a time from 0001-01-01 to 9999-12-31 "
+            f"(unix seconds {MIN_TIME:.0f} to {MAX_TIME:.0f})",
+            param,
+        )
+    return seconds
+
+
 def parse_bound(text: str, param: str, *, end: bool = False) -> float:
     """A date (`2026-11-29`, UTC; as an end bound it includes that whole day), an ISO 8601 time
-    (`2026-11-29T10:00:00Z`, naive = UTC) or unix seconds → unix seconds."""
+    (`2026-11-29T10:00:00Z`, naive = UTC) or unix seconds → unix seconds, from 0001-01-01 to the end
+    of 9999-12-31."""
     text = text.strip()
     try:
-        return float(text)
+        seconds = float(text)
     except ValueError:
-        pass
-    try:
-        if len(text) == 10:
-            day = date.fromisoformat(text)
-            start = datetime(day.year, day.month, day.day, tzinfo=UTC)
-            return (start + timedelta(days=1) if end else start).timestamp()
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        raise QueryError(
-            f"{param} must be a date (YYYY-MM-DD), an ISO 8601 time or unix seconds; got {text!r}", param
-        ) from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.timestamp()
+        try:
+            if len(text) == 10:
+                day = date.fromisoformat(text)
+                start = datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp()
+                seconds = start + DAY_S if end else start  # not a datetime: 9999-12-31 has no next day
+            else:
+                moment = datetime.fromisoformat(text)
+                if moment.tzinfo is None:
+                    moment = moment.replace(tzinfo=UTC)
+                seconds = moment.timestamp()
+        except ValueError:
+            shown = text if len(text) <= 40 else f"{text[:40]}…"
+            raise QueryError(
+                f"{param} must be a date (YYYY-MM-DD), an ISO 8601 time or unix seconds; got {shown!r}", param
+            ) from None
+    _check_time(seconds, param)
+    return seconds
 
 
 def parse_since(text: str, param: str = "since", *, now: float | None = None) -> float:
     """`30m`, `24h`, `7d`, `2w` back from now, or an absolute bound as `parse_bound` reads it."""
     match = _RELATIVE.match(text.strip())
     if match:
-        return (time.time() if now is None else now) - int(match[1]) * _UNIT_S[match[2]]
+        since = (time.time() if now is None else now) - int(match[1]) * _UNIT_S[match[2]]
+        if since < MIN_TIME:
+            raise QueryError(f"{param} reaches back before 0001-01-01: {text!r}", param)
+        return since
     try:
         return parse_bound(text, param)
     except QueryError:
+        shown = text if len(text) <= 40 else f"{text[:40]}…"
         raise QueryError(
-            f"{param} is a span such as 24h, 7d, 2w, or a date YYYY-MM-DD; got {text!r}", param
+            f"{param} is a span such as 24h, 7d, 2w, or a date YYYY-MM-DD; got {shown!r}", param
         ) from None
 
 
@@ -201,7 +231,10 @@ def decode_cursor(cursor: str) -> tuple[float, str]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         created, record_id = raw.split("|", 1)
-        return float(created), record_id
+        seconds = float(created)
+        if not math.isfinite(seconds) or "\x00" in record_id:  # NUL: PostgreSQL refuses it in text
+            raise ValueError(raw)
+        return seconds, record_id
     except (ValueError, binascii.Error, UnicodeDecodeError):
         raise QueryError("cursor is not one this API returned (use next_cursor as given)", "cursor") from None
 

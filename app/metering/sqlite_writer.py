@@ -104,6 +104,7 @@ _OPEN_COLUMNS = (
     "mode_source",
     "effort",
     "idempotency_key",
+    "request_hash",
     "reserved_micros",
 )
 _INSERT_OPEN = (
@@ -124,6 +125,7 @@ def rejected_for_budget(record: dict[str, Any]) -> dict[str, Any]:
     return {
         **record,
         "idempotency_key": None,
+        "request_hash": None,
         "status": "rejected",
         "settled_at": record["created_at"],
         "duration_ms": 0.0,

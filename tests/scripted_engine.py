@@ -1,0 +1,133 @@
+"""A scripted engine shaped like vLLM's OpenAI server, for the cases a real model cannot produce on
+demand: a prompt the engine counts far larger than its text, more tokens than `max_tokens`, reasoning
+in a short-mode request, per-choice usage of `n > 1` streams at a chosen pace. Tests that use it say
+so; everything a real engine can show is tested against the real one.
+
+It serves `GET /v1/models`, `POST /v1/tokenize` and streaming `POST /v1/chat/completions` with
+continuous usage as vLLM 0.32 sends it (each chunk counts its own choice; the final usage chunk sums),
+and keeps every request body it was sent in `requests`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import uvicorn
+from support import free_port, read_body
+
+MODEL = "thinkgate-arith"
+
+
+@dataclass
+class Script:
+    prompt_tokens: int = 12
+    reasoning_tokens: int = 4  # per choice, sent as delta.reasoning
+    answer_tokens: int = 4  # per choice, sent as delta.content
+    obey_max_tokens: bool = True  # False: ignore max_tokens (a broken engine)
+    token_delay_s: float = 0.0  # pause before each token
+    reasoning_in_short_mode: bool = False  # reason even when enable_thinking is false
+    tokenize_count: int = 7
+
+
+@dataclass
+class ScriptedEngine:
+    script: Script = field(default_factory=Script)
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    port: int = field(default_factory=free_port)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        body = await read_body(receive)
+        path = scope["path"]
+        if path == "/v1/models":
+            await _json(send, {"object": "list", "data": [{"id": MODEL, "max_model_len": 1024}]})
+        elif path == "/tokenize":
+            self.requests.append(orjson.loads(body))
+            await _json(send, {"count": self.script.tokenize_count, "max_model_len": 1024})
+        elif path == "/v1/chat/completions":
+            request = orjson.loads(body)
+            self.requests.append(request)
+            await self._stream(request, send)
+        else:
+            await _json(send, {"error": {"message": "not found"}}, status=404)
+
+    async def _stream(self, request: dict[str, Any], send: Any) -> None:
+        script = self.script
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"text/event-stream")],
+            }
+        )
+        thinking = (request.get("chat_template_kwargs") or {}).get("enable_thinking", True)
+        reasoning = script.reasoning_tokens if thinking or script.reasoning_in_short_mode else 0
+        limit = int(request.get("max_tokens") or 10**9) if script.obey_max_tokens else 10**9
+        base = {"id": "chatcmpl-scripted", "object": "chat.completion.chunk", "created": int(time.time()),
+                "model": MODEL}  # fmt: skip
+        totals = []
+        for index in range(int(request.get("n") or 1)):
+            count = 0
+            for kind in ["reasoning"] * reasoning + ["content"] * script.answer_tokens:
+                if count >= limit:
+                    break
+                if script.token_delay_s:
+                    await asyncio.sleep(script.token_delay_s)
+                count += 1
+                chunk = {**base, "choices": [{"index": index, "delta": {kind: "x"}, "finish_reason": None}],
+                         "usage": _usage(script.prompt_tokens, count, min(count, reasoning))}  # fmt: skip
+                await _event(send, chunk)
+            finish = "length" if count >= limit else "stop"
+            chunk = {**base, "choices": [{"index": index, "delta": {}, "finish_reason": finish}],
+                     "usage": _usage(script.prompt_tokens, count, min(count, reasoning))}  # fmt: skip
+            await _event(send, chunk)
+            totals.append((count, min(count, reasoning)))
+        final = _usage(script.prompt_tokens, sum(c for c, _ in totals), sum(r for _, r in totals))
+        await _event(send, {**base, "choices": [], "usage": final})
+        await send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": False})
+
+    def start(self) -> ScriptedEngine:
+        config = uvicorn.Config(self, host="127.0.0.1", port=self.port, log_level="warning", lifespan="off")
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + 10
+        while not self._server.started:
+            if time.monotonic() > deadline:
+                raise AssertionError("the scripted engine did not start")
+            time.sleep(0.02)
+        return self
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        self._thread.join(timeout=10)
+
+
+def _usage(prompt: int, completion: int, reasoning: int) -> dict[str, Any]:
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        "completion_tokens_details": {"reasoning_tokens": reasoning},
+    }
+
+
+async def _event(send: Any, payload: dict[str, Any]) -> None:
+    await send({"type": "http.response.body", "body": b"data: " + orjson.dumps(payload) + b"\n\n",
+                "more_body": True})  # fmt: skip
+
+
+async def _json(send: Any, payload: dict[str, Any], status: int = 200) -> None:
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json")]})  # fmt: skip
+    await send({"type": "http.response.body", "body": orjson.dumps(payload)})
