@@ -16,7 +16,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-from app.router import route
+from app.pipeline.autoroute import route
 
 DEFAULT_PATH = Path(__file__).with_name("router_prompts.jsonl")
 MODES = ("long", "short")

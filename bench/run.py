@@ -139,9 +139,9 @@ def start_fake_engine(workdir: Path, tokens: int) -> Server:
 
 
 def start_real_engine(workdir: Path) -> Server:
-    from app.config import REPO_ROOT
+    from app.core.config import REPO_ROOT
     from app.engine.launcher import EmbeddedEngine
-    from app.profiles import ProfileRegistry
+    from app.profiles.profile import ProfileRegistry
 
     profile = ProfileRegistry.from_dir(REPO_ROOT / "models" / "profiles").by_name("thinkgate-arith")
     launcher = EmbeddedEngine(

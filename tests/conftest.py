@@ -12,23 +12,11 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import httpx
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
-
-from support import GatewayProcess, free_port, start_gateway, wait_http_ok  # noqa: E402
-
-
-@dataclass
-class Engine:
-    url: str
-    model: str = "thinkgate-arith"
-    embedded: GatewayProcess | None = field(default=None, repr=False)
+from tests.support import ROOT, Engine, GatewayProcess, free_port, start_gateway, wait_http_ok
 
 
 def progress(config: pytest.Config, message: str) -> None:
@@ -121,4 +109,4 @@ def fake_engine() -> Iterator[str]:
         process.wait(timeout=30)
 
 
-pytest_plugins = ["pg"]  # the PostgreSQL server fixtures (tests/pg.py)
+pytest_plugins = ["tests.pg"]  # the PostgreSQL server fixtures (tests/pg.py)

@@ -23,7 +23,8 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from support import free_port
+
+from tests.support import free_port
 
 SYSTEM_USER = "postgres"
 DB_USER = "thinkgate"

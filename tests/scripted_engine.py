@@ -18,7 +18,8 @@ from typing import Any
 
 import orjson
 import uvicorn
-from support import free_port, read_body
+
+from tests.support import free_port, read_body
 
 MODEL = "thinkgate-arith"
 

@@ -45,6 +45,15 @@ def run_cli(*args: str, database_url: str, env: dict[str, str] | None = None) ->
 
 
 @dataclass
+class Engine:
+    """The real engine of the test session (see the `engine` fixture in conftest.py)."""
+
+    url: str
+    model: str = "thinkgate-arith"
+    embedded: GatewayProcess | None = field(default=None, repr=False)
+
+
+@dataclass
 class GatewayProcess:
     base_url: str
     database_url: str
@@ -176,9 +185,9 @@ def query_db(database_url: str, sql: str, **params: object) -> list[dict[str, ob
 
 def expected_cost(record: Any) -> int:
     """What a usage record should cost, recomputed from its token counts and the profile's prices."""
-    from app.config import REPO_ROOT
+    from app.core.config import REPO_ROOT
     from app.metering.prices import TokenCounts, billed_prices, cost_micros
-    from app.profiles import ProfileRegistry
+    from app.profiles.profile import ProfileRegistry
 
     profile = ProfileRegistry.from_dir(REPO_ROOT / "models" / "profiles").for_model(record["model"])
     counts = TokenCounts(
@@ -192,10 +201,10 @@ def expected_cost(record: Any) -> int:
 
 
 def inked_cells(image: Any) -> list[int]:
-    """The cells of a glyph-grid image (app/glyphs.py) that hold ink, in reading order."""
+    """The cells of a glyph-grid image (app/profiles/glyphs.py) that hold ink, in reading order."""
     import numpy as np
 
-    from app.glyphs import CELL, GRID
+    from app.profiles.glyphs import CELL, GRID
 
     ink = np.asarray(image.convert("L")) < 128
     return [int(k) for k in np.flatnonzero(ink.reshape(GRID, CELL, GRID, CELL).any(axis=(1, 3)))]

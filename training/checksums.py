@@ -1,4 +1,4 @@
-"""Write the checkpoint's SHA256SUMS (sha256sum format); ``app.checkpoint`` verifies it."""
+"""Write the checkpoint's SHA256SUMS (sha256sum format); ``app.engine.checkpoint`` verifies it."""
 
 from __future__ import annotations
 

@@ -20,8 +20,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from app.api.deps import AdminPrincipal, GatewayDep
 from app.api.error_docs import error_responses
-from app.errors import NotFound
-from app.keys import KeyLimits
+from app.auth.keys import KeyLimits
+from app.core.errors import NotFound
 from app.metering.prices import PER, to_usd
 
 router = APIRouter(prefix="/v1/admin")

@@ -22,8 +22,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import __version__
 from app.api import admin, chat, health, models, usage
-from app.config import Settings
-from app.errors import (
+from app.core.config import Settings
+from app.core.errors import (
     APIError,
     InvalidRequest,
     NotFound,
@@ -32,7 +32,7 @@ from app.errors import (
     error_response,
     validation_error,
 )
-from app.gateway import Gateway
+from app.pipeline.gateway import Gateway
 
 log = logging.getLogger("thinkgate")
 UI_DIR = Path(__file__).resolve().parent.parent / "ui"

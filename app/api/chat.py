@@ -21,13 +21,10 @@ from pydantic import ValidationError
 from starlette.responses import Response, StreamingResponse
 
 from app.api.deps import CurrentPrincipal, GatewayDep, get_principal
-from app.api.protocol import ChatCompletionRequest
 from app.api.responses import END, FLUSH, DeferredJSONResponse, SSEResponse
-from app.chat import PreparedChat, load_images, new_request_id, prepare_chat
+from app.auth.keys import Principal
+from app.core.errors import APIError, IdempotencyConflict, InvalidRequest, RateLimited, UpstreamError
 from app.engine.sse import DELTA_OPEN
-from app.errors import APIError, IdempotencyConflict, InvalidRequest, RateLimited, UpstreamError
-from app.gateway import Gateway
-from app.keys import Principal
 from app.metering.ledger import OpenRequest, Outcome
 from app.metering.prices import (
     TokenCounts,
@@ -37,8 +34,11 @@ from app.metering.prices import (
     to_usd,
     worst_case_micros,
 )
-from app.modes import split_model_suffix
-from app.relay import ChatRun, Chunk, EngineFailure
+from app.pipeline.gateway import Gateway
+from app.pipeline.modes import split_model_suffix
+from app.pipeline.prepare import PreparedChat, load_images, new_request_id, prepare_chat
+from app.pipeline.run import ChatRun, Chunk, EngineFailure
+from app.protocols.chat.types import ChatCompletionRequest
 
 log = logging.getLogger("thinkgate")
 MAX_IDEMPOTENCY_KEY = 200

@@ -8,9 +8,9 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from app.errors import AuthenticationFailed, PermissionDenied
-from app.gateway import Gateway
-from app.keys import ADMIN, ANONYMOUS, Principal
+from app.auth.keys import ADMIN, ANONYMOUS, Principal
+from app.core.errors import AuthenticationFailed, PermissionDenied
+from app.pipeline.gateway import Gateway
 
 log = logging.getLogger("thinkgate")
 

@@ -23,10 +23,8 @@ from starlette.responses import Response
 
 from app.api.deps import CurrentPrincipal, GatewayDep
 from app.api.error_docs import error_responses
-from app.api.protocol import ChatCompletionRequest, EstimateTokenCountRequest
-from app.chat import load_images, prepare_chat
-from app.errors import GatewayTimeout, InvalidRequest, PermissionDenied, UpstreamError
-from app.keys import Principal
+from app.auth.keys import Principal
+from app.core.errors import GatewayTimeout, InvalidRequest, PermissionDenied, UpstreamError
 from app.metering.prices import format_usd, to_usd
 from app.metering.queries import (
     QueryError,
@@ -37,8 +35,10 @@ from app.metering.queries import (
     usage_records_page,
     usage_totals,
 )
-from app.modes import split_model_suffix
-from app.relay import CONNECT_ERRORS
+from app.pipeline.modes import split_model_suffix
+from app.pipeline.prepare import load_images, prepare_chat
+from app.pipeline.run import CONNECT_ERRORS
+from app.protocols.chat.types import ChatCompletionRequest, EstimateTokenCountRequest
 
 router = APIRouter()
 log = logging.getLogger("thinkgate")

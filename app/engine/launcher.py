@@ -19,8 +19,8 @@ from pathlib import Path
 
 import httpx
 
-from app.checkpoint import verify_checkpoint
-from app.profiles import ModelProfile
+from app.engine.checkpoint import verify_checkpoint
+from app.profiles.profile import ModelProfile
 
 log = logging.getLogger("thinkgate.engine")
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import httpx
 
-from app.errors import EngineUnavailable, NotFound
+from app.core.errors import EngineUnavailable, NotFound
 
 log = logging.getLogger("thinkgate.engine")
 

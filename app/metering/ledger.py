@@ -23,9 +23,9 @@ from sqlalchemy import and_, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from app.auth.keys import Principal
+from app.core.errors import IdempotencyConflict, IdempotencyMismatch, QuotaExceeded
 from app.db.tables import api_keys, instances, usage_records
-from app.errors import IdempotencyConflict, IdempotencyMismatch, QuotaExceeded
-from app.keys import Principal
 from app.metering.prices import TokenCounts, format_usd
 from app.metering.ratelimit import RateLimiter
 from app.metering.sqlite_writer import (

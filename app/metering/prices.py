@@ -7,7 +7,7 @@ import tomllib
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from app.profiles import Mode, ModelProfile, Prices, ProfileError, ProfileRegistry
+from app.profiles.profile import Mode, ModelProfile, Prices, ProfileError, ProfileRegistry
 
 PER = 1_000_000
 

@@ -15,11 +15,11 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from app.core.errors import RateLimited
 from app.db.tables import rate_windows
-from app.errors import RateLimited
 
 if TYPE_CHECKING:
-    from app.keys import Principal
+    from app.auth.keys import Principal
 
 WINDOW_S = 60
 

@@ -29,12 +29,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from app.core.errors import APIError, IdempotencyConflict
 from app.db.tables import TOKEN_COLUMNS, usage_records
-from app.errors import APIError, IdempotencyConflict
 from app.metering.ratelimit import current_window, refusal_for
 
 if TYPE_CHECKING:
-    from app.keys import Principal
+    from app.auth.keys import Principal
 
 log = logging.getLogger("thinkgate")
 

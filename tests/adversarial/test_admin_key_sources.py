@@ -11,9 +11,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from support import ROOT, THINKGATE, GatewayProcess, free_port, start_gateway
 
-from app.cli import build_parser, settings_from_args
+from app.cli.main import build_parser, settings_from_args
+from tests.support import ROOT, THINKGATE, GatewayProcess, free_port, start_gateway
 
 SECRET = "tg-admin-" + "f00d" * 8
 

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from support import GatewayProcess, free_port, start_gateway
+
+from tests.support import GatewayProcess, free_port, start_gateway
 
 pytestmark = pytest.mark.slow
 

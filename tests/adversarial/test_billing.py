@@ -12,12 +12,12 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from scripted_engine import MODEL, Script, ScriptedEngine
-from support import GatewayProcess, expected_cost, start_gateway, usage_records
 
-from app.config import REPO_ROOT
+from app.core.config import REPO_ROOT
 from app.metering.prices import format_usd
-from app.profiles import ProfileRegistry
+from app.profiles.profile import ProfileRegistry
+from tests.scripted_engine import MODEL, Script, ScriptedEngine
+from tests.support import GatewayProcess, expected_cost, start_gateway, usage_records
 
 PROFILE = ProfileRegistry.from_dir(REPO_ROOT / "models" / "profiles").by_name(MODEL)
 TOOLS = [

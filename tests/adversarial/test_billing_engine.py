@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import httpx
 import pytest
-from support import GatewayProcess, expected_cost, usage_records
 
 from app.metering.prices import format_usd
+from tests.support import GatewayProcess, expected_cost, usage_records
 
 pytestmark = pytest.mark.engine
 

@@ -16,11 +16,11 @@ from pathlib import Path
 
 import httpx
 import pytest
-from support import ROOT, THINKGATE, GatewayProcess, free_port, start_gateway
 
 from app.api.app import create_app
-from app.cli import build_parser, settings_from_args
-from app.config import Settings
+from app.cli.main import build_parser, settings_from_args
+from app.core.config import Settings
+from tests.support import ROOT, THINKGATE, GatewayProcess, free_port, start_gateway
 
 HASH = re.compile(r"[0-9a-f]{64}")
 

@@ -19,9 +19,9 @@ from pathlib import Path
 import httpx
 import orjson
 import pytest
-from support import GatewayProcess, expected_cost, free_port, query_db, start_gateway, wait_http_ok
 
 from app.engine.transport import EngineTransport, HeadTimeout
+from tests.support import GatewayProcess, expected_cost, free_port, query_db, start_gateway, wait_http_ok
 
 MODEL = "stuck-model"
 BODY = {"model": MODEL, "messages": [{"role": "user", "content": "What is 1 + 2?"}], "max_tokens": 5}

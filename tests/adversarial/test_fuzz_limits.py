@@ -35,7 +35,8 @@ import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from support import ROOT, GatewayProcess, expected_cost, free_port, query_db, start_gateway, wait_http
+
+from tests.support import ROOT, GatewayProcess, expected_cost, free_port, query_db, start_gateway, wait_http
 
 pytestmark = [
     pytest.mark.slow,

@@ -15,8 +15,8 @@ import httpx
 import pytest
 from PIL import Image
 
-from app.errors import APIError
-from app.media import ImageLimits, NormalizedImage, normalize_image_url
+from app.core.errors import APIError
+from app.pipeline.media import ImageLimits, NormalizedImage, normalize_image_url
 
 PUBLIC_IP = "93.184.215.14"
 LIMITS = ImageLimits(

@@ -1,7 +1,7 @@
 """Item 13: two gateways must never share an instance id.
 
 A restarting gateway reconciles the open requests of its own instance id as `interrupted` at once
-(app/gateway.py: Gateway.start). With the bind address as the default id, two containers of
+(app/pipeline/gateway.py: Gateway.start). With the bind address as the default id, two containers of
 `docker compose up --scale gateway=2` on one PostgreSQL were both `0.0.0.0:8000`: a restart of one
 closed the other's live requests. The default is now the machine's hostname (a container's own
 name) and the port.
@@ -13,9 +13,9 @@ import socket
 from pathlib import Path
 
 import pytest
-from support import free_port, query_db, start_gateway
 
-from app.config import Settings
+from app.core.config import Settings
+from tests.support import free_port, query_db, start_gateway
 
 
 def test_the_default_instance_id_is_hostname_and_port() -> None:

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from support import GatewayProcess, start_gateway
+
+from tests.support import GatewayProcess, start_gateway
 
 pytestmark = pytest.mark.slow
 

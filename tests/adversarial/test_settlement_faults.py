@@ -18,8 +18,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from scripted_engine import MODEL, ScriptedEngine
-from support import GatewayProcess, expected_cost, start_gateway, usage_records
+
+from tests.scripted_engine import MODEL, ScriptedEngine
+from tests.support import GatewayProcess, expected_cost, start_gateway, usage_records
 
 pytestmark = pytest.mark.slow
 

@@ -16,9 +16,9 @@ from typing import Any
 
 import httpx
 import pytest
-from support import ROOT, THINKGATE, GatewayProcess, start_gateway
 
 from app.metering.queries import MAX_TIME, MIN_TIME, QueryError, decode_cursor, parse_bound, parse_since
+from tests.support import ROOT, THINKGATE, GatewayProcess, start_gateway
 
 ADMIN = "tg-admin-storage-limits"
 MODEL = "fake-reasoner"
@@ -205,8 +205,8 @@ def test_the_cli_refuses_limits_past_the_columns(gateway: GatewayProcess) -> Non
 
 
 def test_the_cli_and_the_api_share_their_bounds() -> None:
-    from app import admin_cli
     from app.api import admin
+    from app.cli import keys as admin_cli
     from app.metering.prices import PER
 
     assert admin_cli.MAX_PER_MINUTE == admin.MAX_PER_MINUTE == 2**31 - 1
@@ -231,7 +231,7 @@ def test_time_bounds_cover_every_date_and_nothing_past() -> None:
 
 
 def test_the_engine_timeout_setting_is_a_serve_flag() -> None:
-    from app.cli import build_parser, settings_from_args
+    from app.cli.main import build_parser, settings_from_args
 
     args = build_parser().parse_args(["serve", "--upstream-header-timeout-s", "7.5"])
     assert settings_from_args(args).upstream_header_timeout_s == 7.5
