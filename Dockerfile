@@ -5,7 +5,7 @@
 # Nothing secret is baked in: keys and database URLs come from the environment at run time.
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
-# ---- build: a venv with the gateway only (no engine, no test tools) ---------------------------
+# ---- build: a venv with the gateway only (no engine, no model libraries, no test tools) --------
 FROM ${PYTHON_IMAGE} AS gateway-build
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 ENV PIP_NO_CACHE_DIR=1 \

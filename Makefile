@@ -18,14 +18,16 @@ test: install
 	@bash scripts/system-deps.sh
 	$(VENV)/bin/pytest $(ARGS)
 
-# Unit tests only: no engine, no browser, no PostgreSQL.
+# The fast layer, in seconds: no slow test (gateway processes, CLI runs, training), no engine, no browser,
+# no PostgreSQL (the markers: pyproject.toml).
 test-fast: install
-	$(VENV)/bin/pytest -m "not engine and not browser and not postgres" $(ARGS)
+	$(VENV)/bin/pytest -m "not slow and not engine and not browser and not postgres" $(ARGS)
 
 lint: install
-	$(VENV)/bin/ruff check app tests training bench
-	$(VENV)/bin/ruff format --check app tests training bench
+	$(VENV)/bin/ruff check app tests training bench checks
+	$(VENV)/bin/ruff format --check app tests training bench checks
 	$(VENV)/bin/mypy
+	$(PY) -m checks.layers
 
 # Rebuild the bundled model from nothing: four stages, 58 min (ARGS=--quick: every stage scaled down to
 # 1.5 min, the pipeline check; ARGS="--recipe hour-rl": the same then RL, 80 min; ARGS="--recipe extended":

@@ -31,20 +31,13 @@ from typing import Any
 import httpx
 import psutil
 
+from app.engine.launcher import free_port
 from bench import loadgen
 
 ROOT = Path(__file__).resolve().parents[1]
 LITELLM_VENV = ROOT / "bench" / ".litellm-venv"
 LITELLM_REQUIREMENT = os.environ.get("THINKGATE_BENCH_LITELLM", "litellm[proxy]")
 PROXIES = ("direct", "thinkgate", "litellm")
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_ready(

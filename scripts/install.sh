@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Creates .venv and installs the gateway, the embedded engine and the test tools into it.
+# Creates .venv and installs the gateway, the embedded engine, the training and the test tools into it.
 # Idempotent: `make` only calls this when pyproject.toml or this script changed.
 # The container images run this same script (see Dockerfile), switched by environment variables:
-#   THINKGATE_INSTALL=all|gateway|engine   what to install (default all: engine + project + test tools)
+#   THINKGATE_INSTALL=all|gateway|engine   what to install (default all: engine + project + training and
+#                                          test tools; gateway: the project's own dependencies only)
 #   THINKGATE_PROJECT_SPEC="-e .[test]"    how pip installs the project (the images use ".")
 #   THINKGATE_INSTALL_DRY_RUN=1            print the plan (the commands) without running them
 set -euo pipefail
@@ -59,7 +60,7 @@ fi
 
 case "$INSTALL" in
     all) MODULES="fastapi uvicorn httpx sqlalchemy PIL transformers vllm app" ;;
-    gateway) MODULES="fastapi uvicorn httpx sqlalchemy PIL transformers app" ;;
+    gateway) MODULES="fastapi uvicorn httpx sqlalchemy PIL app" ;;
     engine) MODULES="transformers vllm" ;;
 esac
 step "checking the install ($INSTALL)"

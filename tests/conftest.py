@@ -93,10 +93,7 @@ def client(gateway: GatewayProcess) -> Iterator[httpx.Client]:
 
 @pytest.fixture(scope="session")
 def fake_engine() -> Iterator[str]:
-    """The URL of bench/fake_engine.py (vLLM-shaped, no model) serving `fake-reasoner`, 8 tokens a stream.
-
-    Here, not in a tests/adversarial/conftest.py: a second conftest module would take the name
-    `conftest` that test modules import `Engine` from."""
+    """The URL of bench/fake_engine.py (vLLM-shaped, no model) serving `fake-reasoner`, 8 tokens a stream."""
     port = free_port()
     command = [sys.executable, "-m", "bench.fake_engine", "--port", str(port), "--tokens", "8"]
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -110,3 +107,47 @@ def fake_engine() -> Iterator[str]:
 
 
 pytest_plugins = ["tests.pg"]  # the PostgreSQL server fixtures (tests/pg.py)
+
+
+# The fixtures that need a marker, by the module that defines them: a test module may define its own
+# fixture of the same name (test_billing.py's `engine` is a scripted engine), which needs none.
+# `gateway` and `client` depend on `engine`; `postgres_url` on `postgres_server`.
+NEEDS_MARKER = {
+    ("tests.conftest", "engine"): "engine",
+    ("tests.pg", "postgres_server"): "postgres",
+}
+NEEDS_MARKER_BY_NAME = {"browser": "browser"}  # Playwright's browser (tests/ui/test_browser.py)
+
+
+def _markers_needed(item: pytest.Item) -> dict[str, str]:
+    """marker -> the fixture that needs it, for every fixture `item` really uses (overrides resolved)."""
+    info = getattr(item, "_fixtureinfo", None)
+    if info is None:
+        return {}
+    needed = {}
+    for name in item.fixturenames:  # the closure: fixtures used directly or through other fixtures
+        if name in NEEDS_MARKER_BY_NAME:
+            needed[NEEDS_MARKER_BY_NAME[name]] = name
+        # The last definition is the one in force; it reaches the one before only by requesting its name.
+        for fixturedef in reversed(info.name2fixturedefs.get(name, ())):
+            marker = NEEDS_MARKER.get((getattr(fixturedef.func, "__module__", ""), name))
+            if marker is not None:
+                needed[marker] = name
+                break
+            if name not in fixturedef.argnames:
+                break
+    return needed
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects: a wrong mark fails every layer, the fast one too
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Fail the run when a test uses the real engine, PostgreSQL or a browser without its marker:
+    unmarked, it would start them in the layers that promise not to (`make test-fast`)."""
+    problems = [
+        f"{item.nodeid}: uses the `{fixture}` fixture but is not marked `{marker}`"
+        for item in items
+        for marker, fixture in _markers_needed(item).items()
+        if item.get_closest_marker(marker) is None
+    ]
+    if problems:
+        raise pytest.UsageError("tests without the marker their fixtures need:\n  " + "\n  ".join(problems))

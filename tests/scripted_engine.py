@@ -33,6 +33,14 @@ class Script:
     token_delay_s: float = 0.0  # pause before each token
     reasoning_in_short_mode: bool = False  # reason even when enable_thinking is false
     tokenize_count: int = 7
+    # Words instead of "x" tokens (one token a word): the answer ("{result}" is replaced by the last
+    # tool result of the conversation) and the reasoning.
+    answer_text: str | None = None
+    reasoning_text: str | None = None
+    # A tool call (function name, arguments) made after the reasoning, as vLLM's tool parser streams
+    # it (the name first, the arguments in two pieces, finish_reason "tool_calls"), when the request
+    # offers a tool of that name and the conversation does not end with a tool's result.
+    tool_call: tuple[str, dict[str, Any]] | None = None
 
 
 @dataclass
@@ -72,23 +80,26 @@ class ScriptedEngine:
             }
         )
         thinking = (request.get("chat_template_kwargs") or {}).get("enable_thinking", True)
-        reasoning = script.reasoning_tokens if thinking or script.reasoning_in_short_mode else 0
+        reasons = thinking or script.reasoning_in_short_mode
         limit = int(request.get("max_tokens") or 10**9) if script.obey_max_tokens else 10**9
         base = {"id": "chatcmpl-scripted", "object": "chat.completion.chunk", "created": int(time.time()),
                 "model": MODEL}  # fmt: skip
         totals = []
+        pieces = _pieces(script, request, reasons)
+        reasoning = sum("reasoning" in delta for delta in pieces)
         for index in range(int(request.get("n") or 1)):
             count = 0
-            for kind in ["reasoning"] * reasoning + ["content"] * script.answer_tokens:
+            for delta in pieces:
                 if count >= limit:
                     break
                 if script.token_delay_s:
                     await asyncio.sleep(script.token_delay_s)
                 count += 1
-                chunk = {**base, "choices": [{"index": index, "delta": {kind: "x"}, "finish_reason": None}],
+                chunk = {**base, "choices": [{"index": index, "delta": delta, "finish_reason": None}],
                          "usage": _usage(script.prompt_tokens, count, min(count, reasoning))}  # fmt: skip
                 await _event(send, chunk)
-            finish = "length" if count >= limit else "stop"
+            calls = any("tool_calls" in delta for delta in pieces)
+            finish = "length" if count >= limit else "tool_calls" if calls else "stop"
             chunk = {**base, "choices": [{"index": index, "delta": {}, "finish_reason": finish}],
                      "usage": _usage(script.prompt_tokens, count, min(count, reasoning))}  # fmt: skip
             await _event(send, chunk)
@@ -112,6 +123,40 @@ class ScriptedEngine:
     def stop(self) -> None:
         self._server.should_exit = True
         self._thread.join(timeout=10)
+
+
+def _pieces(script: Script, request: dict[str, Any], reasons: bool) -> list[dict[str, Any]]:
+    """The deltas of one choice, one token each: the reasoning, then a tool call or the answer."""
+    if not reasons:
+        thoughts = []
+    elif script.reasoning_text is None:
+        thoughts = ["x"] * script.reasoning_tokens
+    else:
+        thoughts = [word + " " for word in script.reasoning_text.split()]
+    pieces: list[dict[str, Any]] = [{"reasoning": word} for word in thoughts]
+    messages = request.get("messages") or []
+    offered = {tool.get("function", {}).get("name") for tool in request.get("tools") or []}
+    if script.tool_call and script.tool_call[0] in offered and messages and messages[-1]["role"] != "tool":
+        name, arguments = script.tool_call
+        text = orjson.dumps(arguments).decode()
+        half = len(text) // 2
+        start = {
+            "index": 0,
+            "id": "call_scripted1",
+            "type": "function",
+            "function": {"name": name, "arguments": ""},
+        }
+        pieces.append({"tool_calls": [start]})
+        pieces += [
+            {"tool_calls": [{"index": 0, "function": {"arguments": part}}]}
+            for part in (text[:half], text[half:])
+        ]
+        return pieces
+    if script.answer_text is None:
+        return pieces + [{"content": "x"}] * script.answer_tokens
+    result = next((str(m.get("content")) for m in reversed(messages) if m.get("role") == "tool"), "")
+    words = script.answer_text.replace("{result}", result).split(" ")
+    return pieces + [{"content": word if i == 0 else " " + word} for i, word in enumerate(words)]
 
 
 def _usage(prompt: int, completion: int, reasoning: int) -> dict[str, Any]:

@@ -7,7 +7,6 @@ import os
 import re
 import secrets
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -19,14 +18,10 @@ from typing import Any
 
 import httpx
 
+from app.engine.launcher import free_port
+
 ROOT = Path(__file__).resolve().parents[1]
 THINKGATE = [sys.executable, "-m", "app.cli"]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def sqlite_url(workdir: Path) -> str:
@@ -201,10 +196,10 @@ def expected_cost(record: Any) -> int:
 
 
 def inked_cells(image: Any) -> list[int]:
-    """The cells of a glyph-grid image (app/profiles/glyphs.py) that hold ink, in reading order."""
+    """The cells of a glyph-grid image (app/profiles/thinkgate_arith.py) that hold ink, in reading order."""
     import numpy as np
 
-    from app.profiles.glyphs import CELL, GRID
+    from app.profiles.thinkgate_arith import CELL, GRID
 
     ink = np.asarray(image.convert("L")) < 128
     return [int(k) for k in np.flatnonzero(ink.reshape(GRID, CELL, GRID, CELL).any(axis=(1, 3)))]

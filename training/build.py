@@ -45,7 +45,7 @@ class Stage:
     lr: float
     kind: str = "mixed"  # see training.train.TrainSettings.kind
     seed: int | None = None  # the stage's data seed; default: --seed plus the stage's number - 1
-    normalised: bool = False  # images in the glyph-grid layout (app/profiles/glyphs.py)
+    normalised: bool = False  # images in the glyph-grid layout (app/profiles/thinkgate_arith.py)
     images: bool = True  # False: text problems only (a text step is ~1.7x faster than one with images)
     # Other training settings of this stage, by name (training.train.TrainSettings), e.g. {"batch": 12}.
     train: dict[str, Any] = field(default_factory=dict)
@@ -203,8 +203,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--normalised-images",
         action="store_true",
-        help="every stage draws images in the glyph-grid layout (app/profiles/glyphs.py), not only the last"
-        " ones",
+        help="every stage draws images in the glyph-grid layout (app/profiles/thinkgate_arith.py), not "
+        "only the last ones",
     )
     args = ap.parse_args(argv)
 

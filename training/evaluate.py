@@ -15,7 +15,6 @@ import io
 import json
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -29,6 +28,7 @@ from pathlib import Path
 
 import httpx
 
+from app.engine.launcher import free_port
 from training import examples as E
 from training import problems as pb
 from training.inproc_eval import ALL_CELLS, Cell, held_out
@@ -152,16 +152,10 @@ def target_report(table: dict[str, dict[str, float]]) -> list[str]:
     return out
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @contextmanager
 def embedded_gateway(workdir: Path, timeout_s: float = 900.0) -> Iterator[str]:
     """`thinkgate serve` with its embedded engine on the bundled model; yields the gateway's base URL."""
-    port = _free_port()
+    port = free_port()
     log = (workdir / "gateway.log").open("ab")
     cmd = [
         sys.executable,

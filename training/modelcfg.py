@@ -19,11 +19,10 @@ from transformers.models.idefics3.configuration_idefics3 import Idefics3VisionCo
 # The PIL image processor: the default one needs torchvision, which is not installed here.
 from transformers.models.idefics3.image_processing_pil_idefics3 import Idefics3ImageProcessorPil
 
+# The image geometry is the model's own rule, shared with the gateway's image layout: defined there once.
+from app.profiles.thinkgate_arith import IMAGE_SIDE, PATCH, SCALE
 from training import tokenizer as tk
 
-IMAGE_SIDE = 256  # every image is squared to this (no splitting): few image tokens, one fixed shape
-PATCH = 16
-SCALE = 2  # pixel shuffle: (256/16)^2 / 2^2 = 64 image tokens
 IMAGE_SEQ_LEN = (IMAGE_SIDE // PATCH) ** 2 // SCALE**2
 MAX_LEN = 1024
 

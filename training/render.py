@@ -14,7 +14,7 @@ MIN_SIDE, MAX_SIDE = 96, 256
 MIN_FONT, MAX_FONT = 14, 28
 MARGIN = 4
 # Stages with normalised images (build.py: Stage.normalised) draw every problem through the gateway's
-# glyph-grid layout (app/profiles/glyphs.py), as the thinkgate-arith profile serves images.
+# glyph-grid layout (app/profiles/thinkgate_arith.py), as the thinkgate-arith profile serves images.
 NORMALISED = False
 
 
@@ -66,7 +66,7 @@ def render_with_layout(text: str, rng: random.Random) -> tuple[Image.Image, Layo
     y = rng.randint(MARGIN - top, max(MARGIN - top, height - bottom - MARGIN))
     ImageDraw.Draw(image).text((x, y), text, fill="black", font=_font(size))
     if NORMALISED:
-        from app.profiles.glyphs import glyph_grid
+        from app.profiles.thinkgate_arith import glyph_grid
 
         image = glyph_grid(image)[0]
     return image, Layout(text, size, x, y, width, height)

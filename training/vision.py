@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from transformers import Idefics3ForConditionalGeneration
 
-from app.profiles.glyphs import glyphs_of
+from app.profiles.thinkgate_arith import glyphs_of
 from training import modelcfg as mc
 from training import render
 from training.render import Layout, char_centres
@@ -43,7 +43,7 @@ CELL = mc.IMAGE_SIDE / GRID  # pixels per token side in the squared image
 def cell_labels(layout: Layout) -> np.ndarray:
     """(GRID, GRID, SLOTS) class ids: each cell's characters left to right, then blanks."""
     labels = np.full((GRID, GRID, SLOTS), BLANK, dtype=np.int64)
-    if render.NORMALISED:  # one glyph per cell, in reading order (app/profiles/glyphs.py)
+    if render.NORMALISED:  # one glyph per cell, in reading order (app/profiles/thinkgate_arith.py)
         for k, char in enumerate(glyphs_of(layout.text)[: GRID * GRID]):
             if char in CHARS:
                 labels[k // GRID, k % GRID, 0] = CHARS.index(char)

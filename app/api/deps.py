@@ -8,7 +8,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from app.auth.keys import ADMIN, ANONYMOUS, Principal
+from app.auth.principal import ADMIN, ANONYMOUS, Principal
 from app.core.errors import AuthenticationFailed, PermissionDenied
 from app.pipeline.gateway import Gateway
 

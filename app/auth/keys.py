@@ -1,4 +1,8 @@
-"""API keys: creation, lookup by hashed secret, revocation, limits. Secrets are never stored."""
+"""API keys: creation, lookup by hashed secret, revocation, limits. Secrets are never stored.
+
+The lookup that authenticates every request is an op (`KeyLookupOp`): on SQLite it rides in the
+hot-path batches (`app/db/batch.py`), elsewhere it runs through SQLAlchemy; the same statement.
+"""
 
 from __future__ import annotations
 
@@ -7,21 +11,18 @@ import re
 import secrets
 import time
 from dataclasses import dataclass
-from types import SimpleNamespace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlalchemy import insert, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app.auth.principal import KEY_ID_PREFIX, Principal
+from app.db.batch import SqliteWriter
+from app.db.ops import Connection, Op, run_one
 from app.db.tables import api_keys
-from app.metering.sqlite_writer import KeyLookupOp
-
-if TYPE_CHECKING:
-    from app.metering.sqlite_writer import SqliteWriter
 
 SECRET_PREFIX = "tg-"
-EFFORT_ORDER = ("none", "minimal", "low", "medium", "high")
 _HEX_DIGEST = re.compile(r"[0-9a-fA-F]{64}")
 
 
@@ -41,24 +42,6 @@ def _database_error(action: str, exc: SQLAlchemyError) -> KeyStoreError:
 def hash_secret(secret: str) -> str:
     # Secrets are 256-bit random tokens, so a fast hash is enough (no dictionary to defend against).
     return hashlib.sha256(secret.encode()).hexdigest()
-
-
-@dataclass(frozen=True, slots=True)
-class Principal:
-    """Who is calling, and what they may do."""
-
-    key_id: str
-    name: str
-    is_admin: bool = False
-    budget_micros: int | None = None
-    rpm: int | None = None
-    tpm: int | None = None
-    allowed_modes: frozenset[str] | None = None
-    max_effort: str | None = None
-
-
-ANONYMOUS = Principal(key_id="anonymous", name="anonymous (--no-auth)")
-ADMIN = Principal(key_id="admin", name="admin (THINKGATE_ADMIN_KEY)", is_admin=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,22 +65,38 @@ class KeyLimits:
         return {name: value for name, value in values.items() if value is not None}
 
 
-def _principal(row: Any) -> Principal:
-    modes = frozenset(row.allowed_modes.split(",")) if row.allowed_modes else None
-    return Principal(
-        key_id=row.id,
-        name=row.name,
-        is_admin=bool(row.is_admin),
-        budget_micros=row.budget_micros,
-        rpm=row.rpm,
-        tpm=row.tpm,
-        allowed_modes=modes,
-        max_effort=row.max_effort,
-    )
+_LOOKUP_COLUMNS = ("id", "name", "is_admin", "budget_micros", "rpm", "tpm", "allowed_modes", "max_effort")
+_LOOKUP_KEY = (
+    f"SELECT {', '.join(_LOOKUP_COLUMNS)} FROM api_keys "
+    "WHERE secret_hash = :secret_hash AND revoked_at IS NULL"
+)
+
+
+@dataclass(slots=True)
+class KeyLookupOp(Op):
+    """The principal of the active key with this secret hash (authentication), or None."""
+
+    secret_hash: str
+
+    def apply(self, con: Connection) -> Principal | None:
+        row = con.execute(_LOOKUP_KEY, {"secret_hash": self.secret_hash}).fetchone()
+        if row is None:
+            return None
+        key_id, name, is_admin, budget_micros, rpm, tpm, allowed_modes, max_effort = row
+        return Principal(
+            key_id=key_id,
+            name=name,
+            is_admin=bool(is_admin),
+            budget_micros=budget_micros,
+            rpm=rpm,
+            tpm=tpm,
+            allowed_modes=frozenset(allowed_modes.split(",")) if allowed_modes else None,
+            max_effort=max_effort,
+        )
 
 
 class KeyStore:
-    """`writer`: on SQLite, the per-request lookup runs in the hot-path batches (see sqlite_writer)."""
+    """`writer`: on SQLite, the per-request lookup runs in the hot-path batches (`app/db/batch.py`)."""
 
     def __init__(self, engine: AsyncEngine, writer: SqliteWriter | None = None) -> None:
         self.engine = engine
@@ -108,7 +107,7 @@ class KeyStore:
     ) -> tuple[str, str]:
         """Returns (key id, secret). The secret is shown once and only its hash is stored."""
         secret = SECRET_PREFIX + secrets.token_urlsafe(32)
-        key_id = "key_" + secrets.token_hex(8)
+        key_id = KEY_ID_PREFIX + secrets.token_hex(8)
         try:
             async with self.engine.begin() as conn:
                 await conn.execute(
@@ -158,18 +157,12 @@ class KeyStore:
 
     async def authenticate(self, secret: str) -> Principal | None:
         """The active key with this secret, or None (unknown or revoked)."""
+        lookup = KeyLookupOp(hash_secret(secret))
         if self.writer is not None:
-            found = await self.writer.submit(KeyLookupOp(hash_secret(secret)))
-            return _principal(SimpleNamespace(**found)) if found else None
+            found: Principal | None = await self.writer.submit(lookup)
+            return found
         try:
-            async with self.engine.connect() as conn:
-                row = (
-                    await conn.execute(
-                        select(api_keys).where(
-                            api_keys.c.secret_hash == hash_secret(secret), api_keys.c.revoked_at.is_(None)
-                        )
-                    )
-                ).first()
+            principal: Principal | None = await run_one(self.engine, lookup)
         except SQLAlchemyError as exc:
             raise _database_error("Looking up the key", exc) from None
-        return _principal(row) if row else None
+        return principal

@@ -9,19 +9,12 @@ import time
 from app.auth.keys import KeyLimits, KeyStore, KeyStoreError
 from app.core.config import Settings
 from app.db.engine import create_engine, migrate
-from app.metering.prices import format_usd
+from app.metering.prices import PER, format_usd
+from app.protocols.admin.types import LIMIT_COLUMNS, MAX_BUDGET_USD, MAX_PER_MINUTE
 
-CLEARABLE = {
-    "budget": "budget_micros",
-    "rpm": "rpm",
-    "tpm": "tpm",
-    "modes": "allowed_modes",
-    "max-effort": "max_effort",
-}
-# The admin API's bounds (app/api/admin.py; a test keeps them equal), here so that the CLI does not
-# import the web app: rpm and tpm are INTEGER columns (32-bit on PostgreSQL), budgets at most $1e9.
-MAX_PER_MINUTE = 2**31 - 1
-MAX_BUDGET_MICROS = 1_000_000_000 * 1_000_000
+CLEARABLE = {field.replace("_", "-"): column for field, column in LIMIT_COLUMNS.items()}  # --clear max-effort
+# The admin API's bounds: rpm and tpm are INTEGER columns (32-bit on PostgreSQL), budgets at most $1e9.
+MAX_BUDGET_MICROS = int(MAX_BUDGET_USD) * PER
 
 
 def _limits(args: argparse.Namespace) -> KeyLimits:

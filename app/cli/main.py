@@ -14,49 +14,13 @@ import sys
 from collections.abc import Sequence
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Any
+from types import NoneType, UnionType
+from typing import Any, Union, get_args, get_origin
 
 from pydantic import ValidationError
+from pydantic.fields import FieldInfo
 
-from app.core.config import Settings
-
-# Flag name -> Settings field, for `serve`. Types come from the Settings model itself.
-SERVE_FLAGS: dict[str, dict[str, Any]] = {
-    "host": {"help": "address to bind (default 127.0.0.1)"},
-    "port": {"type": int, "help": "port to bind (default 8000)"},
-    "upstream": {"dest": "upstreams", "action": "append", "metavar": "URL",
-                 "help": "OpenAI-compatible engine base URL; repeat for replicas. None: the embedded engine"},
-    "database-url": {"help": "SQLAlchemy URL (default: SQLite file under ./data/)"},
-    "models-dir": {"type": Path, "help": "folder with model profiles and the bundled checkpoint"},
-    "model": {"help": "profile of the embedded engine's model (default thinkgate-arith)"},
-    "no-auth": {"action": "store_const", "const": True, "help": "no API key needed (loopback only)"},
-    "no-api-docs": {"dest": "api_docs", "action": "store_const", "const": False,
-                    "help": "do not serve /docs, /redoc and /openapi.json"},
-    "admin-key-file": {"type": Path, "metavar": "PATH",
-                       "help": "file holding the secret of the admin API (or set THINKGATE_ADMIN_KEY)"},
-    "admin-key": {"metavar": "SECRET",
-                  "help": "deprecated, visible in ps: use THINKGATE_ADMIN_KEY or --admin-key-file"},
-    "instance-id": {"help": "name of this gateway, unique per database (default hostname:port)"},
-    "max-request-bytes": {"type": int},
-    "max-image-bytes": {"type": int},
-    "max-image-pixels": {"type": int},
-    "max-images-per-request": {"type": int},
-    "image-url-allowlist": {"action": "append", "metavar": "HOST",
-                            "help": "host whose image URLs may be fetched"},
-    "upstream-timeout-s": {"type": float},
-    "upstream-header-timeout-s": {"type": float, "help": "seconds the engine may take to answer (head)"},
-    "health-interval-s": {"type": float},
-    "no-affinity": {"dest": "affinity", "action": "store_const", "const": False,
-                    "help": "do not keep a conversation on one replica"},
-    "checkpoint-interval-s": {"type": float, "help": "how often running requests save their token counts"},
-    "no-metering": {"dest": "metering", "action": "store_const", "const": False,
-                    "help": "no ledger, budgets or rate limits (to measure their cost)"},
-    "prices-file": {"type": Path, "help": "TOML of price overrides per profile and mode"},
-    "engine-port": {"type": int, "help": "port of the embedded engine (default: a free one)"},
-    "engine-startup-timeout-s": {"type": float},
-    "engine-log": {"type": Path},
-    "engine-kv-cache-gib": {"type": int},
-}  # fmt: skip
+from app.core.config import Flag, Settings
 
 
 def _money(text: str) -> int:
@@ -87,18 +51,65 @@ def _add_limit_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-effort", choices=["none", "minimal", "low", "medium", "high"])
 
 
+def _flag(field: FieldInfo) -> Flag:
+    return next((m for m in field.metadata if isinstance(m, Flag)), Flag())
+
+
+def _option(name: str, field: FieldInfo) -> str:
+    """`--port`; `--no-api-docs` for a switch that is on by default; or the field's `Flag` name."""
+    flag = _flag(field).name
+    if flag is not None:
+        return flag
+    dashed = name.replace("_", "-")
+    return f"--no-{dashed}" if field.annotation is bool and field.default is True else f"--{dashed}"
+
+
+def _help(field: FieldInfo) -> str:
+    text = field.description or ""
+    deprecated = _flag(field).deprecated
+    if deprecated is not None:
+        text = f"Deprecated: {deprecated}"
+    elif field.annotation is bool and field.default is True:
+        text = f"{text} (On by default: this switches it off.)"
+    return text.replace("%", "%%")  # argparse formats help texts with %
+
+
+def _add_setting_flag(parser: argparse.ArgumentParser, name: str) -> None:
+    """The flag of one Settings field: its name, type and help come from the field. Not given, it
+    leaves the field to the environment and the default (argparse.SUPPRESS)."""
+    field = Settings.model_fields[name]
+    options: dict[str, Any] = {"dest": name, "default": argparse.SUPPRESS, "help": _help(field)}
+    kind = field.annotation
+    if get_origin(kind) in (Union, UnionType):  # `Path | None`: a flag gives the value
+        kind = next(arg for arg in get_args(kind) if arg is not NoneType)
+    if kind is bool:
+        options.update(action="store_const", const=not field.default)
+    else:
+        options["metavar"] = _flag(field).metavar
+        if get_origin(kind) is list:
+            options["action"] = "append"
+        elif kind in (int, float, Path):
+            options["type"] = kind
+    parser.add_argument(_option(name, field), **options)
+
+
+def _warn_deprecated(args: argparse.Namespace) -> None:
+    for name, field in Settings.model_fields.items():
+        deprecated = _flag(field).deprecated
+        if deprecated is not None and getattr(args, name, None) is not None:
+            print(f"thinkgate: warning: {_option(name, field)} is deprecated: {deprecated}", file=sys.stderr)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="thinkgate", description=__doc__.splitlines()[0] if __doc__ else None
     )
-    parser.add_argument(
-        "--database-url", default=argparse.SUPPRESS, help="SQLAlchemy URL (default: THINKGATE_DATABASE_URL)"
-    )
+    _add_setting_flag(parser, "database_url")  # for every command: keys and usage read the database
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser("serve", help="run the gateway (and the embedded engine when no upstream)")
-    for flag, options in SERVE_FLAGS.items():
-        serve.add_argument(f"--{flag}", default=argparse.SUPPRESS, **options)
+    for name in Settings.model_fields:
+        _add_setting_flag(serve, name)
 
     keys = commands.add_parser("keys", help="manage API keys").add_subparsers(
         dest="keys_command", required=True
@@ -150,7 +161,7 @@ def _serve(settings: Settings) -> None:
         port=settings.port,
         log_level="info",
         access_log=False,
-        timeout_graceful_shutdown=15,
+        timeout_graceful_shutdown=settings.shutdown_grace_s,
     )
 
 
@@ -162,12 +173,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     parser = build_parser()
     args = parser.parse_args(argv)
-    if getattr(args, "admin_key", None) is not None:
-        print(
-            "thinkgate: warning: --admin-key is deprecated: every local user sees it in `ps`. "
-            "Set THINKGATE_ADMIN_KEY or use --admin-key-file PATH instead.",
-            file=sys.stderr,
-        )
+    _warn_deprecated(args)
     try:
         settings = settings_from_args(args)
     except ValidationError as exc:

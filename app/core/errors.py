@@ -1,24 +1,32 @@
-"""OpenAI-shaped errors, built in one place.
+"""The errors a client can get, in one tree, and their bodies, built in one place.
 
-APIError                         {"error": {"message", "type", "param", "code"}}
+APIError                         every error the API answers with (message, type, param, code)
 ├── InvalidRequest      400      a field is wrong (names it in `param`)
 │   └── ConflictingFields 400    two explicit choices disagree
 ├── AuthenticationFailed 401
 ├── PermissionDenied    403      the key may not use this mode/effort/route
 ├── NotFound            404      unknown model or route
+├── MethodNotAllowed    405      a route asked with a method it does not take (with Allow)
 ├── IdempotencyConflict 409      the same Idempotency-Key is still running
 ├── IdempotencyMismatch 409      the same Idempotency-Key with a different request
 ├── PayloadTooLarge     413
+├── UnsupportedMediaType 415     a body not declared JSON (--no-auth)
 ├── QuotaExceeded       429      budget cannot cover the worst case (insufficient_quota)
 ├── RateLimited         429      requests/tokens per minute (rate_limit_exceeded)
+├── HTTPStatusError     4xx      any other HTTP error of the framework (http_<status>)
+├── InternalError       500      a bug, logged; the client learns nothing more
 ├── UpstreamError       502      the engine answered with something unusable
 ├── EngineUnavailable   503      no healthy engine (with Retry-After)
 └── GatewayTimeout      504      the engine did not answer in time (with Retry-After)
+
+One body builder per wire format turns an error into what that API's clients expect: `openai_body`
+({"error": {"message", "type", "param", "code"}}, every API served so far). `error_response` is the
+one place an error becomes an HTTP response; a front door with another error shape passes its builder.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import orjson
@@ -48,10 +56,12 @@ class APIError(Exception):
         self.headers = headers or {}
 
     def body(self) -> dict[str, Any]:
-        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+        """This error's body in OpenAI's wire format (the default one)."""
+        return openai_body(self)
 
     def response(self) -> Response:
-        return error_response(self.status, self.body(), self.headers)
+        """This error as an HTTP response in OpenAI's wire format (the default one)."""
+        return error_response(self)
 
 
 class InvalidRequest(APIError):
@@ -91,6 +101,14 @@ class NotFound(APIError):
     code = "not_found"
 
 
+class MethodNotAllowed(APIError):
+    """A route exists at this path, but not for this method; `Allow` lists the ones it takes."""
+
+    status = 405
+    type = "invalid_request_error"
+    code = "method_not_allowed"
+
+
 class IdempotencyConflict(APIError):
     """A request with the same Idempotency-Key from the same key has not finished yet."""
 
@@ -116,6 +134,14 @@ class PayloadTooLarge(APIError):
     code = "payload_too_large"
 
 
+class UnsupportedMediaType(APIError):
+    """A body the API reads was not declared `application/json` (refused on a `--no-auth` gateway)."""
+
+    status = 415
+    type = "invalid_request_error"
+    code = "unsupported_media_type"
+
+
 class QuotaExceeded(APIError):
     """The key's remaining budget cannot cover the request's worst-case cost."""
 
@@ -133,6 +159,25 @@ class RateLimited(APIError):
 
     def __init__(self, message: str, *, retry_after_s: int) -> None:
         super().__init__(message, headers={"Retry-After": str(max(1, retry_after_s))})
+
+
+class HTTPStatusError(APIError):
+    """Any other HTTP error the web framework raises, with its own status (code `http_<status>`)."""
+
+    type = "invalid_request_error"
+
+    def __init__(self, status: int, message: str, *, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message, code=f"http_{status}", headers=headers)
+        self.status = status
+
+
+class InternalError(APIError):
+    """An unexpected failure in the gateway: logged where it happened, told to the client in general terms."""
+
+    code = "internal_error"
+
+    def __init__(self, message: str = "Internal error in the gateway; it has been logged.") -> None:
+        super().__init__(message)
 
 
 class UpstreamError(APIError):
@@ -168,8 +213,27 @@ class GatewayTimeout(APIError):
         super().__init__(message, headers={"Retry-After": str(retry_after_s)})
 
 
-def error_response(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> Response:
-    return Response(orjson.dumps(body), status_code=status, headers=headers, media_type="application/json")
+# -- wire formats --------------------------------------------------------------------------------
+
+ErrorBody = Callable[[APIError], dict[str, Any]]
+
+
+def openai_body(error: APIError) -> dict[str, Any]:
+    """OpenAI's error object, which every OpenAI-compatible client parses."""
+    return {"error": {"message": error.message, "type": error.type, "param": error.param, "code": error.code}}
+
+
+def error_response(error: APIError, body: ErrorBody = openai_body) -> Response:
+    """The HTTP response for `error`, its body built by the wire format's builder."""
+    return Response(
+        orjson.dumps(body(error)),
+        status_code=error.status,
+        headers=error.headers,
+        media_type="application/json",
+    )
+
+
+# -- validation ------------------------------------------------------------------------------------
 
 
 _TYPE_NAMES = frozenset({"str", "int", "float", "bool", "list", "dict", "none"})
@@ -199,8 +263,11 @@ def _param(loc: Sequence[object]) -> str:
 
 
 def validation_error(errors: list[dict[str, Any]]) -> InvalidRequest:
-    """Turn pydantic's error list into one 400 that names the first offending field."""
+    """Turn pydantic's error list into one 400 that names the first offending field (or says the
+    body is not JSON at all)."""
     first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
+    if first.get("type") == "json_invalid":
+        return InvalidRequest("The body is not valid JSON.", code="invalid_json")
     param = _param(first.get("loc", ())) or None
     message = str(first.get("msg", "invalid value"))
     if param:

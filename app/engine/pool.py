@@ -11,8 +11,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import httpx
 
@@ -31,18 +30,9 @@ class Replica:
     in_flight: int = 0
     models: frozenset[str] = frozenset()
     last_error: str | None = "not probed yet"
-    last_probe: float = 0.0
-    failures: int = 0
 
     def serves(self, model: str) -> bool:
         return model in self.models
-
-
-@dataclass(slots=True)
-class ModelInfo:
-    id: str
-    max_model_len: int | None = None
-    replicas: list[Replica] = field(default_factory=list)
 
 
 class UpstreamPool:
@@ -54,11 +44,6 @@ class UpstreamPool:
         self._task: asyncio.Task[None] | None = None
         self._changed = asyncio.Event()
         self._turn = 0  # tie-break among the idlest replicas
-
-    def add(self, url: str) -> Replica:
-        replica = Replica(url.rstrip("/"))
-        self.replicas.append(replica)
-        return replica
 
     async def start(self) -> None:
         await self.probe_all()
@@ -81,7 +66,6 @@ class UpstreamPool:
         await asyncio.gather(*(self.probe(replica) for replica in self.replicas))
 
     async def probe(self, replica: Replica) -> None:
-        replica.last_probe = time.time()
         try:
             response = await self.client.get(f"{replica.url}/v1/models", timeout=5.0)
             response.raise_for_status()
@@ -95,13 +79,12 @@ class UpstreamPool:
         models = frozenset(str(entry["id"]) for entry in data if isinstance(entry, dict) and "id" in entry)
         if not replica.healthy:
             log.info("replica %s is healthy, serving %s", replica.url, sorted(models))
-        replica.models, replica.healthy, replica.last_error, replica.failures = models, True, None, 0
+        replica.models, replica.healthy, replica.last_error = models, True, None
 
     def _mark_down(self, replica: Replica, error: str) -> None:
         if replica.healthy:
             log.warning("replica %s is down: %s", replica.url, error)
         replica.healthy, replica.last_error = False, error
-        replica.failures += 1
 
     def report_failure(self, replica: Replica, error: str) -> None:
         """A request could not connect: drain the replica until a probe sees it again."""
@@ -110,14 +93,6 @@ class UpstreamPool:
     @property
     def ready(self) -> bool:
         return any(r.healthy for r in self.replicas)
-
-    def models(self) -> dict[str, list[Replica]]:
-        served: dict[str, list[Replica]] = {}
-        for replica in self.replicas:
-            if replica.healthy:
-                for model in replica.models:
-                    served.setdefault(model, []).append(replica)
-        return served
 
     def known_models(self) -> set[str]:
         """Models seen on any replica, healthy or not (to tell 404 from 503)."""

@@ -9,6 +9,8 @@ declines anything else, which the relay then parses (`relay.ChatRun._normalise`)
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -115,3 +117,37 @@ async def sse_data(response: httpx.Response) -> AsyncIterator[list[bytes]]:
 
 def _data_lines(lines: list[bytes]) -> list[bytes]:
     return [line[5:].strip() for line in lines if line.startswith(b"data:")]
+
+
+class EngineFailure(Exception):
+    """The engine broke off a stream that had already started."""
+
+
+DRAIN_TIMEOUT_S = 1.0  # reading what follows [DONE]; an engine that lingers loses its connection
+
+
+def _preview(payload: bytes) -> str:
+    return payload[:200].decode(errors="replace")
+
+
+def engine_chunk(payload: bytes) -> dict[str, Any]:
+    try:
+        chunk = orjson.loads(payload)
+    except orjson.JSONDecodeError as exc:
+        raise EngineFailure(f"engine sent invalid JSON: {_preview(payload)!r}") from exc
+    if not isinstance(chunk, dict):
+        raise EngineFailure(f"engine sent a chunk that is not a JSON object: {_preview(payload)!r}")
+    if "error" in chunk:
+        error = chunk["error"]
+        message = error.get("message") if isinstance(error, dict) else str(error)
+        raise EngineFailure(f"engine error: {message}")
+    return chunk
+
+
+async def drain(stream: AsyncIterator[list[bytes]]) -> None:
+    """Read the rest of a finished stream (the chunked-encoding end), so its keep-alive connection
+    goes back to the pool: httpx closes a connection whose response was not read to the end."""
+    with contextlib.suppress(httpx.HTTPError, TimeoutError):
+        async with asyncio.timeout(DRAIN_TIMEOUT_S):
+            async for _ in stream:
+                pass

@@ -158,7 +158,8 @@ class _Connection(asyncio.Protocol):
     async def _wait(self, timeout: float | None) -> None:
         """Until the next event on this connection, at most `timeout` seconds. A bare future and a
         timer handle: the hot path (a wait per piece read), where asyncio.Event and asyncio.timeout
-        cost twice as much. Callbacks that came before the wait are in the state the caller read."""
+        cost more (docs/performance.md). Callbacks that came before the wait are in the state the
+        caller read."""
         loop = asyncio.get_running_loop()
         waiter = self._waiter = loop.create_future()
         timer = None if timeout is None else loop.call_later(timeout, _expire, waiter)
@@ -238,8 +239,8 @@ class EngineTransport(httpx.AsyncBaseTransport):
     ) -> httpx.Response:
         """POST `body` to an http:// `url` without building an httpx request: the relay's call, once
         per chat completion, where httpx's client and request objects (URL and header parsing,
-        cookies, default headers) cost more than the exchange itself (measured: ~8 % of the gateway's
-        CPU at 64 streams). `headers`: besides Host and Content-Length, which are written here."""
+        cookies, default headers) cost more than the exchange itself (docs/performance.md).
+        `headers`: besides Host and Content-Length, which are written here."""
         origin, path, host = _target(url)
         fields = [(b"host", host), (b"content-length", b"%d" % len(body))]
         fields.extend((name.encode(), value.encode()) for name, value in headers.items())

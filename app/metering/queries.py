@@ -20,6 +20,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, and_, case, func, literal, or_, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app.core.errors import InvalidRequest
 from app.db.tables import TOKEN_COLUMNS, api_keys, usage_records
 
 GROUPS = ("day", "model", "mode", "key")
@@ -52,12 +53,13 @@ _RELATIVE = re.compile(r"^(\d{1,12})([mhdw])$")
 _UNIT_S = {"m": 60, "h": 3600, "d": DAY_S, "w": 7 * DAY_S}
 
 
-class QueryError(ValueError):
-    """A filter given by the caller is malformed; `param` names it."""
+class QueryError(InvalidRequest):
+    """A filter given by the caller is malformed; `param` names it (a 400 through the API)."""
+
+    code = "invalid_value"
 
     def __init__(self, message: str, param: str) -> None:
-        super().__init__(message)
-        self.param = param
+        super().__init__(message, param=param)
 
 
 @dataclass(frozen=True, slots=True)

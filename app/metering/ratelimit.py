@@ -2,26 +2,36 @@
 
 Fixed one-minute windows in `rate_windows`, incremented with one atomic upsert, so every gateway
 sharing the database sees the same counts. Tokens are admitted at the request's worst case and
-corrected to the exact count when it settles.
+corrected to the exact count when it settles. The statements here are run by the ledger's ops
+(`app/metering/ops.py`: counted with the reservation, corrected with the settlement) and by
+`RateLimiter.admit` for requests that reserve nothing.
 """
 
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 
-from sqlalchemy import delete, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy import delete
+from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app.auth.principal import Principal
 from app.core.errors import RateLimited
+from app.db.ops import Connection, Op, run_one
 from app.db.tables import rate_windows
 
-if TYPE_CHECKING:
-    from app.auth.keys import Principal
-
 WINDOW_S = 60
+
+_COUNT = """
+INSERT INTO rate_windows (key_id, "window", requests, tokens) VALUES (:key_id, :window, 1, :tokens)
+ON CONFLICT (key_id, "window") DO UPDATE
+SET requests = rate_windows.requests + 1, tokens = rate_windows.tokens + excluded.tokens
+RETURNING requests, tokens"""
+_UNCOUNT = """
+UPDATE rate_windows SET requests = requests - 1, tokens = tokens - :tokens
+WHERE key_id = :key_id AND "window" = :window"""
+_CORRECT = """
+UPDATE rate_windows SET tokens = tokens - :excess WHERE key_id = :key_id AND "window" = :window"""
 
 
 def current_window(now: float | None = None) -> int:
@@ -47,74 +57,56 @@ def refusal_for(
     return RateLimited(message, retry_after_s=retry_after)
 
 
+def is_limited(principal: Principal) -> bool:
+    return principal.rpm is not None or principal.tpm is not None
+
+
+def count(con: Connection, principal: Principal, tokens: int, now: float) -> tuple[int, RateLimited | None]:
+    """Count a request of `tokens` in the key's current window: the window, and the 429 if this
+    request took it past the key's rpm or tpm (then counted still: `uncount` takes it back)."""
+    window = current_window(now)
+    parameters = {"key_id": principal.key_id, "window": window, "tokens": tokens}
+    requests, used = con.execute(_COUNT, parameters).fetchone()
+    return window, refusal_for(principal, tokens, requests, used, window, now)
+
+
+def uncount(con: Connection, key_id: str, window: int, tokens: int) -> None:
+    """Take back a request counted by `count`: neither it nor its tokens count against the key."""
+    con.execute(_UNCOUNT, {"key_id": key_id, "window": window, "tokens": tokens})
+
+
+def correct(con: Connection, key_id: str, window: int, excess: int) -> None:
+    """Take back `excess` tokens admitted in a window beyond what its requests used."""
+    con.execute(_CORRECT, {"key_id": key_id, "window": window, "excess": excess})
+
+
+@dataclass(slots=True)
+class AdmitOp(Op):
+    """Count a request that reserves nothing; its window, or the 429 after taking the count back."""
+
+    principal: Principal
+    tokens: int
+    now: float
+
+    def apply(self, con: Connection) -> int | RateLimited:
+        window, refusal = count(con, self.principal, self.tokens, self.now)
+        if refusal is not None:
+            uncount(con, self.principal.key_id, window, self.tokens)
+            return refusal
+        return window
+
+
 class RateLimiter:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
-        self._insert = pg_insert if engine.dialect.name == "postgresql" else sqlite_insert
 
-    async def admit(
-        self, principal: Principal, tokens: int, conn: AsyncConnection | None = None
-    ) -> int | None:
-        """Count this request; 429 if it would pass the key's rpm or tpm. Returns the window used.
-
-        Given `conn`, it counts inside the caller's transaction (the ledger's reservation), and a
-        refusal rolls that transaction back: refused requests do not count against the window.
-        """
-        if principal.rpm is None and principal.tpm is None:
+    async def admit(self, principal: Principal, tokens: int) -> int | None:
+        """Count this request; 429 if it would pass the key's rpm or tpm (then it is not counted).
+        Returns the window used. Requests that reserve budget are counted by the ledger's open."""
+        if not is_limited(principal):
             return None
-        if conn is None:
-            async with self.engine.begin() as own:
-                return await self._admit(own, principal, tokens)
-        return await self._admit(conn, principal, tokens)
-
-    async def _admit(self, conn: AsyncConnection, principal: Principal, tokens: int) -> int:
-        now = time.time()
-        window = current_window(now)
-        values = self._insert(rate_windows).values(
-            key_id=principal.key_id, window=window, requests=1, tokens=tokens
-        )
-        statement = values.on_conflict_do_update(
-            index_elements=["key_id", "window"],
-            set_={"requests": rate_windows.c.requests + 1, "tokens": rate_windows.c.tokens + tokens},
-        ).returning(rate_windows.c.requests, rate_windows.c.tokens)
-        requests, used_tokens = (await conn.execute(statement)).one()
-        refusal = refusal_for(principal, tokens, requests, used_tokens, window, now)
-        if refusal is not None:
-            raise refusal  # rolls the transaction back
+        window: int = await run_one(self.engine, AdmitOp(principal, tokens, time.time()))
         return window
-
-    async def correct(
-        self,
-        principal: Principal,
-        window: int | None,
-        reserved_tokens: int,
-        used_tokens: int,
-        conn: AsyncConnection | None = None,
-    ) -> None:
-        """Replace the worst-case token count admitted with what the request really used."""
-        if window is None or principal.tpm is None or reserved_tokens == used_tokens:
-            return
-        statement = (
-            update(rate_windows)
-            .where(rate_windows.c.key_id == principal.key_id, rate_windows.c.window == window)
-            .values(tokens=rate_windows.c.tokens - reserved_tokens + used_tokens)
-        )
-        if conn is not None:
-            await conn.execute(statement)
-            return
-        async with self.engine.begin() as own:
-            await own.execute(statement)
-
-    async def usage(self, key_id: str) -> tuple[int, int]:
-        async with self.engine.connect() as conn:
-            row = (
-                await conn.execute(
-                    select(rate_windows.c.requests, rate_windows.c.tokens).where(
-                        rate_windows.c.key_id == key_id, rate_windows.c.window == current_window()
-                    )
-                )
-            ).first()
-        return (row.requests, row.tokens) if row else (0, 0)
 
     async def prune(self) -> None:
         async with self.engine.begin() as conn:

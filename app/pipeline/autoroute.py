@@ -4,8 +4,9 @@ Used only when a request says nothing about reasoning. `text` is the last user m
 rules run in this order and the first that fires decides (the reason is what `RouteDecision.reason`
 says):
 
- 1. nothing to read: an image alone is taken as a problem to solve ("image without a prompt", long:
-    the bundled model is an arithmetic model and its images are worksheets); empty text is "empty";
+ 1. nothing to read: an image alone takes the mode its profile says (`image_alone`: the bundled
+    model is an arithmetic model and its images are worksheets, so long; short elsewhere) ("image
+    without a prompt"); empty text is "empty";
  2. code syntax (fences, `def f(`, `=>`, tracebacks, `FooError`, SQL statements, method calls) or a
     programming request (write/implement/fix/convert... + function/algorithm/query/a language) ("code");
  3. rewriting, translating, summarising or writing prose, asked for in the opening 120 characters,
@@ -44,11 +45,11 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Literal
+
+from app.profiles.profile import Mode
 
 __all__ = ["RouteDecision", "route"]
 
-Mode = Literal["long", "short"]
 
 _HEAD_CHARS = 4000
 _TAIL_CHARS = 2000
@@ -245,12 +246,14 @@ _GREETING = _rx(
 )
 
 
-def route(text: str, *, has_image: bool = False) -> RouteDecision:
+def route(text: str, *, has_image: bool = False, image_alone: Mode = "short") -> RouteDecision:
     """Pick long or short reasoning for a request that did not say; see the module docstring."""
     view = text if len(text) <= _HEAD_CHARS + _TAIL_CHARS else f"{text[:_HEAD_CHARS]}\n{text[-_TAIL_CHARS:]}"
     view = view.strip()
     if not view:
-        return _long("image without a prompt") if has_image else _short("empty")
+        if has_image:
+            return RouteDecision(image_alone, "image without a prompt")
+        return _short("empty")
     low = view.lower()
     if _CODE_SYNTAX.search(view) or _SQL.search(view) or _CODE_TASK.search(low):
         return _long("code")

@@ -1,13 +1,11 @@
-"""Mode resolution: every reasoning dialect a client may speak, turned into one `ModeDecision`.
+"""Mode resolution: the reasoning-mode signals of a turn, turned into one `ModeDecision`.
 
-Explicit signals, each naming the field it came from:
-    reasoning_mode                      "long" | "short" ("auto" defers)
-    model suffix                        "<id>:long" | "<id>:short"
-    reasoning_effort                    none/minimal -> short; low/medium/high -> long + budget
-    reasoning.{enabled,effort,max_tokens,exclude}   (OpenRouter)
-    thinking.{type,budget_tokens}       (Anthropic / Moonshot)
-    chat_template_kwargs.enable_thinking / .thinking   (vLLM / Qwen3 / DeepSeek-V3.1)
-Two explicit signals that disagree are a 400 naming both fields. No signal: the auto router.
+The front doors read their dialects into signals (`Signal`), each naming the field it came from,
+with the vocabulary below: a model suffix (`<id>:long`), an effort (none/minimal -> short; the others
+-> long with that effort's budget), a thinking switch, a thinking budget. The Chat Completions door
+reads `reasoning_mode`, the suffix, `reasoning_effort`, OpenRouter's `reasoning{}`, Anthropic's and
+Moonshot's `thinking{}`, and `chat_template_kwargs.enable_thinking / .thinking`. Two explicit signals
+that disagree are a 400 naming both fields. No signal: the auto router.
 """
 
 from __future__ import annotations
@@ -16,8 +14,8 @@ from dataclasses import dataclass
 
 from app.core.errors import ConflictingFields, InvalidRequest
 from app.pipeline.autoroute import route
+from app.pipeline.turn import Signal, Turn
 from app.profiles.profile import Mode, ModelProfile
-from app.protocols.chat.types import ChatCompletionRequest, ChatMessage
 
 MODE_SUFFIXES: dict[str, Mode] = {":long": "long", ":short": "short"}
 
@@ -31,18 +29,6 @@ class ModeDecision:
     thinking_budget: int | None = None  # cap on reasoning tokens; None = bounded only by max tokens
     include_reasoning: bool = True
 
-    @property
-    def header(self) -> str:
-        return f"{self.mode}; source={self.source}"
-
-
-@dataclass(frozen=True, slots=True)
-class _Signal:
-    field: str
-    mode: Mode | None  # None: the field only sets a budget/effort
-    budget: int | None = None
-    effort: str | None = None
-
 
 def split_model_suffix(model: str) -> tuple[str, Mode | None]:
     for suffix, mode in MODE_SUFFIXES.items():
@@ -51,58 +37,32 @@ def split_model_suffix(model: str) -> tuple[str, Mode | None]:
     return model, None
 
 
-def _effort_mode(effort: str) -> Mode:
-    return "short" if effort in ("none", "minimal") else "long"
+# The dialects' vocabulary, for the front doors: each turns one field of its wire format into a Signal.
 
 
-def _signals(request: ChatCompletionRequest, suffix_mode: Mode | None) -> list[_Signal]:
-    signals: list[_Signal] = []
-    if request.reasoning_mode in ("long", "short"):
-        signals.append(_Signal("reasoning_mode", request.reasoning_mode))
-    if suffix_mode:
-        signals.append(_Signal("model", suffix_mode))
-    if request.reasoning_effort:
-        effort = request.reasoning_effort
-        signals.append(_Signal("reasoning_effort", _effort_mode(effort), effort=effort))
-    if reasoning := request.reasoning:
-        if reasoning.enabled is not None:
-            signals.append(_Signal("reasoning.enabled", "long" if reasoning.enabled else "short"))
-        if reasoning.effort:
-            signals.append(
-                _Signal("reasoning.effort", _effort_mode(reasoning.effort), effort=reasoning.effort)
-            )
-        if reasoning.max_tokens is not None:
-            budget = reasoning.max_tokens
-            signals.append(
-                _Signal("reasoning.max_tokens", "long" if budget > 0 else "short", budget=budget or None)
-            )
-    if thinking := request.thinking:
-        if thinking.type != "auto":
-            signals.append(_Signal("thinking.type", "long" if thinking.type == "enabled" else "short"))
-        if thinking.budget_tokens is not None:
-            if thinking.type == "disabled":
-                signals.append(_Signal("thinking.budget_tokens", None))
-            else:
-                budget = thinking.budget_tokens
-                signals.append(
-                    _Signal(
-                        "thinking.budget_tokens", "long" if budget > 0 else "short", budget=budget or None
-                    )
-                )
-    kwargs = request.chat_template_kwargs or {}
-    for key in ("enable_thinking", "thinking"):
-        if key in kwargs:
-            value = kwargs[key]
-            if not isinstance(value, bool):
-                raise InvalidRequest(
-                    f"chat_template_kwargs.{key} must be true or false", param=f"chat_template_kwargs.{key}"
-                )
-            signals.append(_Signal(f"chat_template_kwargs.{key}", "long" if value else "short"))
-    return signals
+def suffix_signal(model: str) -> Signal | None:
+    """`<id>:long` / `<id>:short`."""
+    mode = split_model_suffix(model)[1]
+    return Signal("model", mode) if mode else None
 
 
-def _agree(signals: list[_Signal]) -> Mode | None:
-    decided: _Signal | None = None
+def effort_signal(field: str, effort: str) -> Signal:
+    """An effort: none/minimal ask for short-CoT, the others for long-CoT with that effort's budget."""
+    return Signal(field, "short" if effort in ("none", "minimal") else "long", effort=effort)
+
+
+def switch_signal(field: str, enabled: bool) -> Signal:
+    """A thinking switch: on is long-CoT, off short-CoT."""
+    return Signal(field, "long" if enabled else "short")
+
+
+def budget_signal(field: str, budget: int) -> Signal:
+    """A thinking budget in tokens: 0 turns thinking off, more asks for long-CoT within it."""
+    return Signal(field, "long" if budget > 0 else "short", budget=budget or None)
+
+
+def _agree(signals: list[Signal]) -> Mode | None:
+    decided: Signal | None = None
     for signal in signals:
         if signal.mode is None:
             continue
@@ -117,8 +77,8 @@ def _agree(signals: list[_Signal]) -> Mode | None:
     return decided.mode if decided else None
 
 
-def _single(signals: list[_Signal], attribute: str) -> int | str | None:
-    found: _Signal | None = None
+def _single(signals: list[Signal], attribute: str) -> int | str | None:
+    found: Signal | None = None
     for signal in signals:
         value = getattr(signal, attribute)
         if value is None:
@@ -132,36 +92,20 @@ def _single(signals: list[_Signal], attribute: str) -> int | str | None:
     return getattr(found, attribute) if found else None
 
 
-def last_user_text(messages: list[ChatMessage]) -> tuple[str, bool]:
-    """Text of the last user message and whether any message carries an image."""
-    has_image = False
-    text = ""
-    for message in messages:
-        content = message.content
-        if isinstance(content, list):
-            has_image = has_image or any(part.type == "image_url" for part in content)
-        if message.role == "user":
-            if isinstance(content, str):
-                text = content
-            elif isinstance(content, list):
-                text = "\n".join(part.text for part in content if part.type == "text")
-    return text, has_image
-
-
-def resolve_mode(
-    request: ChatCompletionRequest, profile: ModelProfile, suffix_mode: Mode | None
-) -> ModeDecision:
-    signals = _signals(request, suffix_mode)
+def resolve_mode(turn: Turn, profile: ModelProfile) -> ModeDecision:
+    """One decision from every signal of the turn: explicit signals must agree (else a 400 naming
+    both fields); none at all leaves it to the auto router."""
+    signals = turn.signals
     mode = _agree(signals)
     budget = _single(signals, "budget")
     effort = _single(signals, "effort")
-    include = request.include_reasoning is not False and not (request.reasoning and request.reasoning.exclude)
+    include = turn.include_reasoning
 
     if mode is None:
         if not profile.reasoning:
             return ModeDecision("short", "auto", "model has no reasoning mode", include_reasoning=include)
-        text, has_image = last_user_text(request.messages)
-        routed = route(text, has_image=has_image)
+        text, has_image = turn.last_user_text()
+        routed = route(text, has_image=has_image, image_alone=profile.image_alone)
         mode, source, reason = routed.mode, "auto", f"auto: {routed.reason}"
     else:
         source = next(s.field for s in signals if s.mode is not None)

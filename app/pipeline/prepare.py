@@ -1,4 +1,4 @@
-"""Preparing a chat request: model and profile, mode decision, key permissions, images, upstream body."""
+"""Preparing a turn for the engine: model and profile, mode decision, key permissions, images, body."""
 
 from __future__ import annotations
 
@@ -10,12 +10,12 @@ from typing import Any
 import httpx
 import orjson
 
-from app.auth.keys import EFFORT_ORDER, Principal
+from app.auth.principal import EFFORT_ORDER, Principal
 from app.core.errors import InvalidRequest, PermissionDenied
 from app.pipeline.media import ImageLimits, normalize_image_url
 from app.pipeline.modes import ModeDecision, resolve_mode, split_model_suffix
+from app.pipeline.turn import Image, Turn
 from app.profiles.profile import ModelProfile, ProfileRegistry
-from app.protocols.chat.types import ChatCompletionRequest, ImagePart, TextPart
 
 # What a client may send that goes to the engine as it is: sampling and decoding settings only,
 # an allowlist. Everything else the engine would read (add_generation_prompt, continue_final_message,
@@ -30,8 +30,8 @@ ENGINE_FIELDS = frozenset(
         "min_tokens", "ignore_eos", "include_stop_str_in_output", "bad_words",
     }
 )  # fmt: skip
-# The fields of a message that reach the chat template (past reasoning is dropped, see below).
-MESSAGE_FIELDS = ("role", "name", "tool_calls", "tool_call_id")
+# The fields of a message that reach the chat template besides its content (past reasoning does not).
+MESSAGE_FIELDS = ("name", "tool_calls", "tool_call_id")
 # Per message and per request, what a chat template adds around the text (an upper bound), and
 # what it adds to present tools: a preamble, and some wrapping per tool. Tools are rendered as JSON
 # by the templates we know, with ", " and ": " separators: at most 1.5 times the compact JSON.
@@ -59,7 +59,7 @@ class PendingImage:
 @dataclass(frozen=True, slots=True)
 class PreparedChat:
     request_id: str
-    request: ChatCompletionRequest
+    turn: Turn
     model: str  # served id, without the mode suffix
     profile: ModelProfile
     decision: ModeDecision
@@ -73,7 +73,7 @@ class PreparedChat:
 def new_request_id() -> str:
     """`chatcmpl-` and 24 hex digits: the time in milliseconds, then 52 random bits. Ids that grow
     with time land at the end of the ledger's primary-key index instead of at random pages in it
-    (measured: 9 % less ledger CPU per request on SQLite)."""
+    (less ledger CPU per request: docs/performance.md)."""
     return f"chatcmpl-{time.time_ns() // 1_000_000:011x}{secrets.randbits(52):013x}"
 
 
@@ -107,48 +107,53 @@ def _json_size(value: Any) -> int:
 
 
 def _upstream_messages(
-    request: ChatCompletionRequest, profile: ModelProfile, media: MediaPolicy
+    turn: Turn, profile: ModelProfile, media: MediaPolicy
 ) -> tuple[list[dict[str, Any]], int, list[PendingImage]]:
     """Messages for the engine (image parts still to load), an upper bound of the bytes they put
-    in the prompt, and their images.
-
-    Only the fields a chat template reads are kept. Past reasoning (`reasoning_content` /
-    `reasoning`) is dropped: reasoning models are trained to see only the answers of earlier turns.
-    """
+    in the prompt, and their images. Past reasoning is not sent: reasoning models are trained to see
+    only the answers of earlier turns."""
     messages: list[dict[str, Any]] = []
     size = 0
     images: list[PendingImage] = []
-    for i, message in enumerate(request.messages):
-        out = {name: value for name in MESSAGE_FIELDS if (value := getattr(message, name, None)) is not None}
-        size += sum(_json_size(value) for name, value in out.items() if name != "role")
+    for message in turn.messages:
+        out: dict[str, Any] = {"role": message.role}
+        for name in MESSAGE_FIELDS:
+            if (value := getattr(message, name)) is not None:
+                out[name] = value
+                size += _json_size(value)
         content = message.content
         if isinstance(content, str):
             out["content"] = content
             size += len(content.encode())
         elif isinstance(content, list):
             parts: list[dict[str, Any]] = []
-            for j, part in enumerate(content):
-                if isinstance(part, TextPart):
-                    parts.append({"type": "text", "text": part.text})
-                    size += len(part.text.encode())
-                elif isinstance(part, ImagePart):
-                    param = f"messages[{i}].content[{j}].image_url"
-                    if not profile.vision:
-                        raise InvalidRequest(
-                            f"The model {request.model!r} does not accept images", param=param
-                        )
-                    if len(images) >= media.max_images:
-                        raise InvalidRequest(f"At most {media.max_images} images per request", param=param)
-                    upstream = {"type": "image_url", "image_url": {"url": ""}}
-                    images.append(PendingImage(upstream, part.image_url.url, f"{param}.url"))
-                    parts.append(upstream)
+            for part in content:
+                if isinstance(part, Image):
+                    parts.append(_pending_image(part, turn, profile, media, images))
+                else:
+                    parts.append({"type": "text", "text": part})
+                    size += len(part.encode())
             out["content"] = parts
-        elif message.content is None and message.role in ("user", "system", "developer"):
+        elif message.role in ("user", "system", "developer"):
             raise InvalidRequest(
-                f"messages[{i}].content is required for role {message.role!r}", param=f"messages[{i}].content"
+                f"{message.param}.content is required for role {message.role!r}",
+                param=f"{message.param}.content",
             )
         messages.append(out)
     return messages, size, images
+
+
+def _pending_image(
+    image: Image, turn: Turn, profile: ModelProfile, media: MediaPolicy, images: list[PendingImage]
+) -> dict[str, Any]:
+    """The upstream part of an image, counted now and loaded after admission (`load_images`)."""
+    if not profile.vision:
+        raise InvalidRequest(f"The model {turn.model!r} does not accept images", param=image.param)
+    if len(images) >= media.max_images:
+        raise InvalidRequest(f"At most {media.max_images} images per request", param=image.param)
+    upstream = {"type": "image_url", "image_url": {"url": ""}}
+    images.append(PendingImage(upstream, image.url, f"{image.param}.url"))
+    return upstream
 
 
 def _tools_bound(tools: object) -> int:
@@ -159,27 +164,30 @@ def _tools_bound(tools: object) -> int:
 
 
 def prepare_chat(
-    request: ChatCompletionRequest, principal: Principal, profiles: ProfileRegistry, media: MediaPolicy
+    turn: Turn,
+    principal: Principal,
+    profiles: ProfileRegistry,
+    media: MediaPolicy,
+    request_id: str | None = None,
 ) -> PreparedChat:
-    """Everything about a request that costs no more than reading it: the mode, the key's
-    permissions, the engine's body and the bounds of the reservation. Images are only counted
-    here; `load_images` checks and decodes them once the request is admitted."""
-    model, suffix_mode = split_model_suffix(request.model)
+    """Everything about a turn that costs no more than reading it: the mode, the key's permissions,
+    the engine's body and the bounds of the reservation. Images are only counted here;
+    `load_images` checks and decodes them once the request is admitted."""
+    model = split_model_suffix(turn.model)[0]
     profile = profiles.for_model(model)
-    decision = resolve_mode(request, profile, suffix_mode)
+    decision = resolve_mode(turn, profile)
     check_permissions(principal, decision)
-    messages, prompt_bytes, images = _upstream_messages(request, profile, media)
+    messages, prompt_bytes, images = _upstream_messages(turn, profile, media)
 
-    max_tokens = request.output_bound() or profile.default_max_tokens
-    body = {
-        key: value for key, value in request.model_dump(exclude_none=True).items() if key in ENGINE_FIELDS
-    }
+    max_tokens = turn.max_tokens or profile.default_max_tokens
+    body = {key: value for key, value in turn.sampling.items() if key in ENGINE_FIELDS}
     body["model"] = model
     body["messages"] = messages
     body["stream"] = True
     # Continuous usage: exact token counts even when the client disconnects mid-stream.
     body["stream_options"] = {"include_usage": True, "continuous_usage_stats": True}
     body["max_tokens"] = max_tokens
+    body["n"] = turn.n
     if profile.reasoning:
         body = _deep_merge(body, dict(profile.upstream_switch(decision.mode)))
         if decision.mode == "long" and decision.thinking_budget is not None and profile.engine_budget:
@@ -195,14 +203,14 @@ def prepare_chat(
         + len(images) * profile.tokens_per_image
     )
     return PreparedChat(
-        request_id=new_request_id(),
-        request=request,
+        request_id=request_id or new_request_id(),
+        turn=turn,
         model=model,
         profile=profile,
         decision=decision,
         body=body,
         prompt_bound=prompt_bound,
-        output_bound=max_tokens * request.n,
+        output_bound=max_tokens * turn.n,
         image_count=len(images),
         images=tuple(images),
     )

@@ -7,10 +7,8 @@ there is one code path, and token counts stay exact even when the client leaves 
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
-import re
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
@@ -19,26 +17,25 @@ from typing import Any
 import httpx
 import orjson
 
-from app.core.errors import APIError, EngineUnavailable, GatewayTimeout, InvalidRequest, UpstreamError
+from app.core.errors import EngineUnavailable
+from app.engine.errors import CONNECT_ERRORS, engine_error, unanswered
 from app.engine.pool import Replica, UpstreamPool
-from app.engine.sse import match_text, sse_data, text_opening
+from app.engine.sse import EngineFailure, drain, engine_chunk, match_text, sse_data, text_opening
 from app.engine.transport import EngineTransport, serves
 from app.metering.prices import TokenCounts
 from app.pipeline.prepare import PreparedChat, continuation_body
 from app.pipeline.reasoning import ThinkSplitter
+from app.pipeline.tally import Tally
 
 log = logging.getLogger("thinkgate")
 
-CONNECT_ERRORS = (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError, httpx.PoolTimeout)
-DRAIN_TIMEOUT_S = 1.0  # reading what follows [DONE]; an engine that lingers loses its connection
-_FIELD_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.\[\]]{0,100}")
-MAX_TOKEN_COUNT = 2**31 - 1  # the ledger's token columns (32-bit on PostgreSQL)
 
 # A chunk whose delta is one piece of text, kept as the engine's bytes: the hot path (one per token),
 # which the client side frames without parsing or serialising anything. In order: whether the text is
 # reasoning; the text as a JSON string literal, quotes included, as the engine wrote it; the rest of
 # its choice (see engine/sse.py); the counts as of this chunk when asked for
-# (counts_per_chunk), else None. A bare tuple: building a NamedTuple was 4 % of the gateway's CPU.
+# (counts_per_chunk), else None. A bare tuple: building a NamedTuple per chunk showed in the
+# gateway's CPU profile (docs/performance.md).
 Plain = tuple[bool, bytes, bytes, TokenCounts | None]
 Chunk = dict[str, Any] | Plain
 
@@ -69,10 +66,6 @@ class ChoiceState:
             call["function"]["arguments"] += function.get("arguments") or ""
 
 
-class EngineFailure(Exception):
-    """The engine broke off a stream that had already started."""
-
-
 class ChatRun:
     """Drives one prepared request: `start()`, iterate `chunks()`, read the counters, `close()`."""
 
@@ -97,7 +90,7 @@ class ChatRun:
             prepared.decision.mode == "long"
             and prepared.decision.thinking_budget is not None
             and not profile.engine_budget
-            and prepared.request.n == 1
+            and prepared.turn.n == 1
         )
         self.keep_text = keep_text or self.force_budget
         # Each chunk carries the counts as of itself under "usage" (a TokenCounts), for clients that
@@ -106,26 +99,13 @@ class ChatRun:
         self._long = prepared.decision.mode == "long"
         self.starts_in_reasoning = profile.always_thinks and self._long
         self.choices: dict[int, ChoiceState] = {}
-        self.prompt_tokens = 0
-        self.cached_tokens = 0
-        self.reasoning_tokens = 0
-        self.answer_tokens = 0
-        # The engine's counts are per choice: with continuous usage, vLLM reports each chunk's
-        # `completion_tokens` (and reasoning tokens) for that chunk's choice alone; only the final
-        # usage chunk, which has no choice, sums them. Keyed by choice index; None: that final sum.
-        self._seen_completion: dict[int | None, int] = {}
-        self._engine_reasoning: dict[int | None, int] = {}
-        # The engine's latest cumulative usage, not yet counted, its choice, and whether its tokens
-        # were reasoning: counting waits for a change of phase or choice, or a reader, not every
-        # chunk (see _count_held_usage).
-        self._held_usage: tuple[dict[str, Any], int | None, bool] | None = None
+        self.tally = Tally()
         self._engine_parses = False
         # How every text chunk of the current engine stream starts (its id, object, created and
         # model, then the delta's opening), learnt from its first chunk; None until then, or when
         # that chunk had more fields.
         self._opening: bytes | None = None
         self._learn_opening = True
-        self._count_prompt = True
         self.started = time.perf_counter()
         self.first_token_at: float | None = None
         self.replica: Replica | None = None
@@ -139,21 +119,8 @@ class ChatRun:
 
     @property
     def counts(self) -> TokenCounts:
-        self._count_held_usage()
-        reasoning = self.reasoning_tokens
-        answer = self.answer_tokens
-        if self._engine_reasoning and not self.forced_end:
-            total = reasoning + answer
-            reasoning = min(_summed(self._engine_reasoning), total)
-            answer = total - reasoning
-        images = min(self.prompt_tokens, self.prepared.image_count * self.prepared.profile.tokens_per_image)
-        return TokenCounts(
-            prompt=self.prompt_tokens,
-            image=images,
-            cached=self.cached_tokens,
-            reasoning=reasoning,
-            answer=answer,
-        )
+        image_bound = self.prepared.image_count * self.prepared.profile.tokens_per_image
+        return self.tally.counts(image_bound, engine_split=not self.forced_end)
 
     @property
     def ttft_ms(self) -> float | None:
@@ -174,46 +141,6 @@ class ChatRun:
             )
             state = self.choices[index] = ChoiceState(splitter)
         return state
-
-    def _hold_usage(self, usage: dict[str, Any], index: int | None, phase_is_reasoning: bool) -> None:
-        """Keep the engine's cumulative usage for counting later. The counts are cumulative per
-        choice, so only the last usage of each run of same-choice, same-phase chunks needs counting:
-        it is counted when the choice or phase changes or when the counters are read (`counts`, the
-        budget check, a continuation)."""
-        held = self._held_usage
-        if held is not None and (held[1] != index or held[2] != phase_is_reasoning):
-            self._count_usage(*held)
-        self._held_usage = (usage, index, phase_is_reasoning)
-
-    def _count_held_usage(self) -> None:
-        if self._held_usage is not None:
-            held, self._held_usage = self._held_usage, None
-            self._count_usage(*held)
-
-    def _count_usage(self, usage: dict[str, Any], index: int | None, phase_is_reasoning: bool) -> None:
-        """Count what one usage object adds: for a choice, its own cumulative count against what was
-        seen of that choice; for the final sum (`index` None), whatever the choices' counts missed."""
-        if self._count_prompt:
-            self.prompt_tokens = max(self.prompt_tokens, _count(usage, "prompt_tokens"))
-            details = usage.get("prompt_tokens_details") or {}
-            self.cached_tokens = max(self.cached_tokens, _count(details, "cached_tokens"))
-        completion = _count(usage, "completion_tokens")
-        seen = self._seen_completion
-        new = completion - (_summed(seen) if index is None else seen.get(index, 0))
-        if new > 0:
-            seen[index] = seen.get(index, 0) + new
-            if phase_is_reasoning:
-                self.reasoning_tokens += new
-            else:
-                self.answer_tokens += new
-        completion_details = usage.get("completion_tokens_details") or {}
-        if isinstance(completion_details, dict) and "reasoning_tokens" in completion_details:
-            reasoning = _count(completion_details, "reasoning_tokens")
-            engine = self._engine_reasoning
-            if index is None:
-                engine[None] = engine.get(None, 0) + max(0, reasoning - _summed(engine))
-            else:
-                engine[index] = reasoning
 
     # -- the upstream conversation ------------------------------------------------------------
 
@@ -238,9 +165,7 @@ class ChatRun:
                 self.pool.report_failure(replica, f"{type(exc).__name__}: {exc}")
                 tried = replica
                 if attempt == 1 or len(self.pool.replicas) == 1:
-                    raise EngineUnavailable(
-                        f"The engine could not be reached ({type(exc).__name__})."
-                    ) from exc
+                    raise unanswered(exc) from exc
                 continue
             except httpx.TimeoutException as exc:
                 # Connected and sent, but no response head within upstream_header_timeout_s: not
@@ -248,13 +173,15 @@ class ChatRun:
                 # until a probe sees it again.
                 replica.in_flight -= 1
                 self.pool.report_failure(replica, f"{type(exc).__name__}: {exc}")
-                raise GatewayTimeout(f"The engine did not answer in time ({exc}); retry shortly.") from exc
+                raise unanswered(exc) from exc
             except BaseException:
                 replica.in_flight -= 1
                 raise
             if response.status_code >= 400:
                 replica.in_flight -= 1
-                raise await _engine_error(response, self.prepared.request_id)
+                raw = await response.aread()
+                await response.aclose()
+                raise engine_error(response.status_code, raw, self.prepared.request_id)
             return response, replica
         raise EngineUnavailable()
 
@@ -292,8 +219,7 @@ class ChatRun:
             # the engine continue with the answer (prefix-cached), within the remaining token bound.
             self.forced_end = True
             self.force_budget = False
-            self._count_held_usage()
-            remaining = int(body["max_tokens"]) - _summed(self._seen_completion)
+            remaining = int(body["max_tokens"]) - self.tally.generated()
             state = self._choice(0)
             if remaining <= 0:
                 state.finish_reason = "length"
@@ -304,8 +230,7 @@ class ChatRun:
             state.splitter = None  # the continuation is all answer
             # The continuation is a new engine request: its counters start from zero, and its
             # prompt (ours: the original prompt plus the reasoning) is not the client's to pay.
-            self._seen_completion = {}
-            self._count_prompt = False
+            self.tally.new_stream()
 
     async def close(self) -> None:
         """Release the engine connection: one opened but never read (the client left before the first
@@ -319,14 +244,14 @@ class ChatRun:
         self._pending = self._streaming = None
 
     def _over_budget(self) -> bool:
-        self._count_held_usage()
+        self.tally.flush()
         budget = self.prepared.decision.thinking_budget
         state = self.choices.get(0)
         return (
             budget is not None
             and state is not None
             and not state.in_answer
-            and self.reasoning_tokens >= budget
+            and self.tally.reasoning_tokens >= budget
         )
 
     async def _relay(self, response: httpx.Response) -> AsyncGenerator[list[Chunk], None]:
@@ -347,10 +272,10 @@ class ChatRun:
                     if payload == b"[DONE]":
                         if batch:
                             yield batch
-                        await _drain(stream)
+                        await drain(stream)
                         return
                     try:
-                        chunk = self._normalise(_engine_chunk(payload))
+                        chunk = self._normalise(engine_chunk(payload))
                     except EngineFailure:
                         if batch:
                             yield batch  # what came before the failure was sent by the engine all right
@@ -399,7 +324,7 @@ class ChatRun:
         if self.first_token_at is None:
             self.first_token_at = time.perf_counter()
         if usage is not None:
-            self._hold_usage(usage, 0, reasoning)
+            self.tally.hold(usage, 0, reasoning)
         return (reasoning, text, after_delta, self.counts if self.counts_per_chunk else None)
 
     def _normalise(self, chunk: dict[str, Any]) -> dict[str, Any] | None:
@@ -454,29 +379,12 @@ class ChatRun:
         if has_text and self.first_token_at is None:
             self.first_token_at = time.perf_counter()
         if usage:
-            self._hold_usage(usage, index if choices and len(choices) == 1 else None, phase_is_reasoning)
+            self.tally.hold(usage, index if choices and len(choices) == 1 else None, phase_is_reasoning)
         if not choices:
             return None
         if self.counts_per_chunk:
             chunk["usage"] = self.counts
         return chunk
-
-
-def _summed(counts: dict[int | None, int]) -> int:
-    return sum(counts.values())
-
-
-def _count(usage: dict[str, Any], name: str) -> int:
-    """A token count from the engine's usage, as an integer the ledger can store. Counting happens
-    whenever the counters are read (settlement included), so a broken engine's value is clamped
-    and logged here rather than raised."""
-    value = usage.get(name) or 0
-    if type(value) is int and 0 <= value <= MAX_TOKEN_COUNT:
-        return value
-    log.warning("engine sent an invalid usage.%s: %.40r", name, value)
-    if isinstance(value, int | float) and not isinstance(value, bool) and value == value:
-        return int(min(max(value, 0), MAX_TOKEN_COUNT))
-    return 0
 
 
 def _drop_separator(state: ChoiceState, content: str) -> str:
@@ -488,55 +396,3 @@ def _drop_separator(state: ChoiceState, content: str) -> str:
     state.separator_left = 0 if text else state.separator_left - dropped
     state.in_answer = True
     return text
-
-
-def _preview(payload: bytes) -> str:
-    return payload[:200].decode(errors="replace")
-
-
-def _engine_chunk(payload: bytes) -> dict[str, Any]:
-    try:
-        chunk = orjson.loads(payload)
-    except orjson.JSONDecodeError as exc:
-        raise EngineFailure(f"engine sent invalid JSON: {_preview(payload)!r}") from exc
-    if not isinstance(chunk, dict):
-        raise EngineFailure(f"engine sent a chunk that is not a JSON object: {_preview(payload)!r}")
-    if "error" in chunk:
-        error = chunk["error"]
-        message = error.get("message") if isinstance(error, dict) else str(error)
-        raise EngineFailure(f"engine error: {message}")
-    return chunk
-
-
-async def _drain(stream: AsyncIterator[list[bytes]]) -> None:
-    """Read the rest of a finished stream (the chunked-encoding end), so its keep-alive connection
-    goes back to the pool: httpx closes a connection whose response was not read to the end."""
-    with contextlib.suppress(httpx.HTTPError, TimeoutError):
-        async with asyncio.timeout(DRAIN_TIMEOUT_S):
-            async for _ in stream:
-                pass
-
-
-async def _engine_error(response: httpx.Response, request_id: str) -> APIError:
-    """Turn an engine's HTTP error into ours. The engine's own words go to the log, not to the client:
-    they may name its internals (paths, addresses, other requests). The field it names is kept."""
-    raw = await response.aread()
-    await response.aclose()
-    status = response.status_code
-    log.warning(
-        "request %s: the engine answered %d: %s", request_id, status, raw[:1000].decode(errors="replace")
-    )
-    param = None
-    with contextlib.suppress(orjson.JSONDecodeError, AttributeError):
-        error = orjson.loads(raw).get("error", {})
-        named = error.get("param") if isinstance(error, dict) else None
-        if isinstance(named, str) and _FIELD_NAME.fullmatch(named):
-            param = named
-    if 400 <= status < 500:
-        return InvalidRequest(
-            f"The engine refused the request (HTTP {status}); its reason is in the gateway's log "
-            f"under request id {request_id}.",
-            param=param,
-            code="engine_rejected",
-        )
-    return UpstreamError(f"The engine failed (HTTP {status}).")

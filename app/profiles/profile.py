@@ -2,8 +2,8 @@
 
 A profile is a TOML file in `models/profiles/`. It says which served model ids it covers (globs),
 how thinking is switched on and off upstream, the reasoning delimiters, default thinking budgets per
-effort, context length, vision support (and how images are laid out for the model: app/profiles/glyphs.py),
-prices per mode and the embedded engine's flags.
+effort, context length, vision support (and the layout its images are redrawn in, a step registered by
+name: app/profiles/steps.py), prices per mode and the embedded engine's flags.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from app.profiles.steps import AS_IS, image_layouts
+
 Mode = Literal["long", "short"]
-ImageLayout = Literal["as-is", "glyph-grid"]
-IMAGE_LAYOUTS: tuple[ImageLayout, ...] = ("as-is", "glyph-grid")
 EFFORTS = ("low", "medium", "high")
 PRICE_KINDS = ("input", "cached_input", "image_input", "reasoning_output", "answer_output")
 DEFAULT_BUDGETS = {"low": 1024, "medium": 4096, "high": 16384}
@@ -62,8 +62,9 @@ class ModelProfile:
     context_length: int = 8192
     default_max_tokens: int = 4096
     max_image_side: int = 1024
-    image_layout: ImageLayout = "as-is"  # "glyph-grid": redrawn for a model that reads glyph by glyph
+    image_layout: str = AS_IS  # a registered image step (steps.py), e.g. the bundled model's "glyph-grid"
     tokens_per_image: int = 2048  # upper bound of prompt tokens one image becomes
+    image_alone: Mode = "short"  # the auto router's mode for an image sent without a word
     checkpoint: str | None = None
     think_start: str = "<think>"
     think_end: str = "</think>"
@@ -98,9 +99,16 @@ def _switch_tables(thinking: Mapping[str, Any], where: str) -> tuple[dict[str, A
     return on, off
 
 
-def _image_layout(value: object, where: str) -> ImageLayout:
-    if value not in IMAGE_LAYOUTS:
-        raise ProfileError(f"{where}: image_layout is one of {', '.join(IMAGE_LAYOUTS)}, not {value!r}")
+def _mode(value: object, where: str) -> Mode:
+    if value not in ("long", "short"):
+        raise ProfileError(f"{where} is long or short, not {value!r}")
+    return value
+
+
+def _image_layout(value: object, where: str) -> str:
+    known = image_layouts()
+    if not isinstance(value, str) or value not in known:
+        raise ProfileError(f"{where}: image_layout is one of {', '.join(known)}, not {value!r}")
     return value
 
 
@@ -130,8 +138,9 @@ def parse_profile(data: Mapping[str, Any], source: Path | None = None) -> ModelP
         context_length=int(data.get("context_length", 8192)),
         default_max_tokens=int(data.get("default_max_tokens", 4096)),
         max_image_side=int(data.get("max_image_side", 1024)),
-        image_layout=_image_layout(data.get("image_layout", "as-is"), where),
+        image_layout=_image_layout(data.get("image_layout", AS_IS), where),
         tokens_per_image=int(data.get("tokens_per_image", 2048)),
+        image_alone=_mode(data.get("image_alone", "short"), f"{where}: image_alone"),
         checkpoint=data.get("checkpoint"),
         think_start=str(thinking.get("start", "<think>")),
         think_end=str(thinking.get("end", "</think>")),

@@ -19,6 +19,8 @@ from app.profiles.profile import ProfileRegistry
 from tests.scripted_engine import MODEL, Script, ScriptedEngine
 from tests.support import GatewayProcess, expected_cost, start_gateway, usage_records
 
+pytestmark = pytest.mark.slow
+
 PROFILE = ProfileRegistry.from_dir(REPO_ROOT / "models" / "profiles").by_name(MODEL)
 TOOLS = [
     {

@@ -237,6 +237,7 @@ def test_the_engine_transport_gives_up_on_a_missing_head(silent_engine: Scripted
     asyncio.run(go())
 
 
+@pytest.mark.slow
 def test_head_timeout_wraps_httpx_own_transport() -> None:
     """The https engines' path: httpx's transport, wrapped, gets the same deadline on the head only."""
 

@@ -51,6 +51,7 @@ def _assert_400(response: httpx.Response, param: str) -> None:
     assert param in error["message"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("fields", "param"),
     [
@@ -76,6 +77,7 @@ def test_chat_numbers_past_the_limits_are_400(
     _assert_400(_chat(gateway, **fields), param)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("extra", "param"),
     [
@@ -89,6 +91,7 @@ def test_numbers_json_cannot_carry_are_400(gateway: GatewayProcess, extra: str, 
     _assert_400(_chat(gateway, content=body.encode()), param)
 
 
+@pytest.mark.slow
 def test_chat_numbers_at_the_limits_pass(gateway: GatewayProcess) -> None:
     for seed in (2**63 - 1, -(2**63)):
         response = _chat(gateway, seed=seed, max_tokens=3, top_k=2**63 - 1)
@@ -98,6 +101,7 @@ def test_chat_numbers_at_the_limits_pass(gateway: GatewayProcess) -> None:
     assert response.status_code == 429 and response.json()["error"]["code"] == "insufficient_quota"
 
 
+@pytest.mark.slow
 def test_token_count_checks_the_chat_fields(gateway: GatewayProcess) -> None:
     headers = {"Authorization": f"Bearer {gateway.api_key}"}
     url = f"{gateway.base_url}/v1/tokenizers/estimate-token-count"
@@ -106,6 +110,7 @@ def test_token_count_checks_the_chat_fields(gateway: GatewayProcess) -> None:
         _assert_400(httpx.post(url, json=body, headers=headers, timeout=30), param)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("path", "params", "param"),
     [
@@ -131,6 +136,7 @@ def test_usage_query_past_the_limits_is_400(
     _assert_400(response, param)
 
 
+@pytest.mark.slow
 def test_usage_query_at_the_limits_passes(gateway: GatewayProcess) -> None:
     headers = {"Authorization": f"Bearer {gateway.api_key}"}
     for params in (
@@ -144,6 +150,7 @@ def test_usage_query_at_the_limits_passes(gateway: GatewayProcess) -> None:
             assert response.status_code == 200, (params, response.text)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("method", "fields", "param"),
     [
@@ -170,6 +177,7 @@ def test_admin_limits_past_the_columns_are_400(
     _assert_400(response, param)
 
 
+@pytest.mark.slow
 def test_admin_limits_at_the_columns_pass(gateway: GatewayProcess) -> None:
     headers = {"Authorization": f"Bearer {ADMIN}"}
     top = 2**31 - 1
@@ -205,9 +213,9 @@ def test_the_cli_refuses_limits_past_the_columns(gateway: GatewayProcess) -> Non
 
 
 def test_the_cli_and_the_api_share_their_bounds() -> None:
-    from app.api import admin
     from app.cli import keys as admin_cli
     from app.metering.prices import PER
+    from app.protocols.admin import types as admin
 
     assert admin_cli.MAX_PER_MINUTE == admin.MAX_PER_MINUTE == 2**31 - 1
     budget_micros = admin.MAX_BUDGET_USD * PER

@@ -15,6 +15,8 @@ import pytest
 from tests.scripted_engine import ScriptedEngine
 from tests.support import GatewayProcess, query_db, start_gateway
 
+pytestmark = pytest.mark.slow
+
 ADMIN_SECRET = "admin-secret-for-tests"
 CHAT = {
     "model": "thinkgate-arith",

@@ -72,6 +72,7 @@ def dead_upstream_gateway(tmp_path: Path) -> Iterator[GatewayProcess]:
         yield gateway
 
 
+@pytest.mark.slow
 def test_no_engine_means_503_with_retry_after(dead_upstream_gateway: GatewayProcess) -> None:
     gateway = dead_upstream_gateway
     ready = httpx.get(f"{gateway.base_url}/ready", headers={"Authorization": f"Bearer {gateway.admin_key}"})
@@ -118,6 +119,7 @@ def test_no_auth_is_refused_off_loopback() -> None:
     assert "--no-auth is only allowed on a loopback address" in result.stderr
 
 
+@pytest.mark.slow
 def test_oversized_bodies_are_413(dead_upstream_gateway: GatewayProcess) -> None:
     gateway = dead_upstream_gateway
     headers = {"Authorization": f"Bearer {gateway.api_key}"}
@@ -127,6 +129,7 @@ def test_oversized_bodies_are_413(dead_upstream_gateway: GatewayProcess) -> None
     assert response.json()["error"]["code"] == "payload_too_large"
 
 
+@pytest.mark.slow
 def test_oversized_bodies_without_a_length_are_413_too(dead_upstream_gateway: GatewayProcess) -> None:
     """A chunked upload has no Content-Length to check up front: the limit applies as it streams in."""
     gateway = dead_upstream_gateway

@@ -24,6 +24,8 @@ import pytest
 
 from tests.support import ROOT, THINKGATE, GatewayProcess, free_port, start_gateway
 
+pytestmark = pytest.mark.slow
+
 ADMIN_SECRET = "usage-admin-secret"
 STATUSES = ("completed", "length", "aborted", "engine_error", "rejected", "interrupted")
 SUMS = ("prompt_tokens", "completion_tokens", "reasoning_tokens", "answer_tokens", "cost_micros")

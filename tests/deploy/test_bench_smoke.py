@@ -11,6 +11,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[2]
 TOKENS = 16
 EVENTS_PER_STREAM = TOKENS + 2  # the role chunk, one chunk per token, the finish chunk

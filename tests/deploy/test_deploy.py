@@ -270,9 +270,15 @@ def test_install_script_gateway_mode_installs_no_engine(tmp_path: Path) -> None:
     venv = tmp_path / "venv"
     assert f"{venv}/bin/pip install --progress-bar on ." in plan
     assert not any("vllm" in step or "uninstall" in step for step in plan if "pip" in step)
-    assert any(
-        step.startswith(f"{venv}/bin/python -c") and step.endswith(" transformers app") for step in plan
-    )
+    check = next(step for step in plan if step.startswith(f"{venv}/bin/python -c"))
+    assert check.endswith(" sqlalchemy PIL app")
+    # The gateway needs no model libraries: those are the engine's and training's (pyproject extras).
+    assert not any(module in check.split() for module in ("transformers", "numpy", "torch", "vllm"))
+
+
+def test_install_script_default_plan_checks_the_engine_and_the_training_tools() -> None:
+    check = next(step for step in install_plan() if step.startswith(".venv/bin/python -c"))
+    assert {"transformers", "vllm", "app"} <= set(check.split())
 
 
 def test_install_script_engine_mode_installs_no_gateway() -> None:

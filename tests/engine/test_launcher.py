@@ -65,6 +65,7 @@ async def wait_for(predicate: object, timeout_s: float = 30.0) -> None:
     raise AssertionError("condition not reached in time")
 
 
+@pytest.mark.slow
 async def test_supervisor_restarts_a_dead_engine_and_stops_the_group(tmp_path: Path) -> None:
     engine, pids = stand_in_engine(tmp_path)
     async with httpx.AsyncClient() as client:

@@ -212,6 +212,7 @@ def test_metering_off_keeps_no_ledger(engine: Any, tmp_path: Path) -> None:
         assert query_db(gateway.database_url, "SELECT COUNT(*) AS n FROM usage_records")[0]["n"] == 0
 
 
+@pytest.mark.slow
 def test_keys_command_creates_lists_updates_and_revokes(tmp_path: Path) -> None:
     database = f"sqlite:///{tmp_path / 'keys.db'}"
     out = run_cli(

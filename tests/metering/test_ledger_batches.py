@@ -3,8 +3,8 @@
 Many requests opened at the same moment land in one batch (one transaction). Each must still behave
 as if it had had a transaction of its own: a refused one (budget, rate limit, a duplicate
 Idempotency-Key) leaves nothing reserved or counted behind, and does not undo the others. Every test
-runs on each path (batched, written inline on a quiet gateway, SQLAlchemy); all must leave the same
-ledger.
+runs on each path (batched, written inline on a quiet gateway, SQLAlchemy on SQLite and on
+PostgreSQL); all execute the same operations (`app/metering/ops.py`) and must leave the same ledger.
 """
 
 from __future__ import annotations
@@ -17,13 +17,15 @@ from typing import Any
 
 import pytest
 
-from app.auth.keys import KeyLimits, KeyStore, Principal
+from app.auth.keys import KeyLimits, KeyStore
+from app.auth.principal import Principal
 from app.core.errors import IdempotencyConflict, QuotaExceeded, RateLimited
+from app.db.batch import SqliteWriter, connect_sqlite
 from app.db.engine import create_engine, migrate
 from app.metering.ledger import Ledger, OpenRequest, Outcome
+from app.metering.ops import RecordOp
 from app.metering.prices import TokenCounts
 from app.metering.ratelimit import RateLimiter
-from app.metering.sqlite_writer import RecordOp, SqliteWriter
 from tests.support import query_db
 
 
@@ -59,11 +61,11 @@ class Books:
 
 
 async def new_books(
-    tmp_path: Path, writer_kind: str, **writer_options: Any
+    tmp_path: Path, writer_kind: str, url: str | None = None, **writer_options: Any
 ) -> tuple[Books, SqliteWriter | None]:
-    """A migrated ledger database; `writer_kind`: sqlalchemy, batched or inline (see `books`);
-    `writer_options`: more arguments for the SqliteWriter."""
-    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    """A migrated ledger database (SQLite in `tmp_path`, or `url`); `writer_kind`: sqlalchemy,
+    batched or inline (see `books`); `writer_options`: more arguments for the SqliteWriter."""
+    url = url or f"sqlite:///{tmp_path / 'ledger.db'}"
     await migrate(url)
     db = create_engine(url)
     path = str(tmp_path / "ledger.db")
@@ -76,11 +78,17 @@ async def new_books(
     return Books(url, ledger, KeyStore(db, writer), RateLimiter(db)), writer
 
 
-@pytest.fixture(params=["batched", "inline", "sqlalchemy"])
+@pytest.fixture(
+    params=["batched", "inline", "sqlalchemy", pytest.param("postgresql", marks=pytest.mark.postgres)]
+)
 async def books(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Books]:
     """`batched`: every op through a batch on the writer thread (concurrent ones share one);
-    `inline`: as the gateway runs, ops written at once on the loop whenever the writer is idle."""
-    made, _ = await new_books(tmp_path, request.param)
+    `inline`: as the gateway runs, ops written at once on the loop whenever the writer is idle;
+    `sqlalchemy`: no batcher, as on PostgreSQL; `postgresql`: the same on a PostgreSQL database."""
+    if request.param == "postgresql":
+        made, _ = await new_books(tmp_path, "sqlalchemy", request.getfixturevalue("postgres_url"))
+    else:
+        made, _ = await new_books(tmp_path, request.param)
     yield made
     await made.ledger.close()
 
@@ -164,6 +172,30 @@ async def test_checkpoints_and_revocation_are_seen_at_once(books: Books) -> None
     assert await books.keys.authenticate(secret) is None
 
 
+async def test_reconciliation_bills_the_checkpoints_of_a_dead_gateway_once(books: Books) -> None:
+    principal = await books.key(KeyLimits(budget_micros=10_000, rpm=100, tpm=100_000))
+    first, second, settled = await asyncio.gather(*(books.open(principal, i, 300) for i in range(3)))
+    await books.ledger.checkpoint(first, TokenCounts(prompt=5, reasoning=30, answer=12))
+    await books.ledger.settle(settled, Outcome("completed", TokenCounts(prompt=4, answer=6), 6))
+    # A later life of this instance: what it left open is closed at its checkpointed counts, and the
+    # price function (here: completion tokens) bills them; the settled record stays as it was.
+    assert await books.ledger.reconcile(own=True) == 2
+    assert await books.ledger.reconcile(own=True) == 0
+    records = {r["id"]: r for r in query_db(books.url, "SELECT * FROM usage_records")}
+    assert {rid: (r["status"], r["cost_micros"]) for rid, r in records.items()} == {
+        first.request_id: ("interrupted", 42),
+        second.request_id: ("interrupted", 0),
+        settled.request_id: ("completed", 6),
+    }
+    assert records[first.request_id]["error"] == "gateway stopped"
+    assert records[first.request_id]["settled_at"] is not None
+    row = books.key_row(principal)
+    assert (row["reserved_micros"], row["spent_micros"]) == (0, 48)
+    # A settlement that comes after its record was reconciled changes nothing.
+    assert not await books.ledger.settle(first, Outcome("completed", TokenCounts(answer=99), 99))
+    assert books.key_row(principal)["spent_micros"] == 48
+
+
 async def test_a_quiet_gateway_writes_at_once_and_a_held_lock_never_blocks_the_loop(tmp_path: Path) -> None:
     books, writer = await new_books(tmp_path, "inline")
     assert writer is not None
@@ -217,10 +249,9 @@ async def test_the_wal_stays_small_when_every_write_is_on_the_loop(tmp_path: Pat
 
 def _counting_connect(begins: list[str]) -> Callable[[str], sqlite3.Connection]:
     """The writer's connections, recording each transaction they begin."""
-    from app.metering.sqlite_writer import _connect
 
     def connect(path: str) -> sqlite3.Connection:
-        con = _connect(path)
+        con = connect_sqlite(path)
         con.set_trace_callback(lambda sql: begins.append(sql) if sql.startswith("BEGIN") else None)
         return con
 

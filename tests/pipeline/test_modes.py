@@ -8,8 +8,9 @@ from typing import Any
 import pytest
 
 from app.core.errors import ConflictingFields, InvalidRequest
-from app.pipeline.modes import resolve_mode, split_model_suffix
+from app.pipeline.modes import resolve_mode
 from app.profiles.profile import ProfileRegistry
+from app.protocols.chat.adapter import turn_from_chat
 from app.protocols.chat.types import ChatCompletionRequest
 
 PROFILES = ProfileRegistry.from_dir(Path(__file__).resolve().parents[2] / "models" / "profiles")
@@ -23,8 +24,7 @@ def decide(
     request = ChatCompletionRequest.model_validate(
         {"model": model, "messages": [{"role": "user", "content": text}], **fields}
     )
-    _, suffix = split_model_suffix(request.model)
-    return resolve_mode(request, profile, suffix)
+    return resolve_mode(turn_from_chat(request), profile)
 
 
 @pytest.mark.parametrize(

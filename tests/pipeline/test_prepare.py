@@ -13,7 +13,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from app.auth.keys import ANONYMOUS, Principal
+from app.auth.principal import ANONYMOUS, Principal
 from app.core.errors import InvalidRequest, PermissionDenied
 from app.pipeline.media import ImageLimits
 from app.pipeline.prepare import (
@@ -25,6 +25,7 @@ from app.pipeline.prepare import (
     prepare_chat,
 )
 from app.profiles.profile import ProfileRegistry
+from app.protocols.chat.adapter import turn_from_chat
 from app.protocols.chat.types import ChatCompletionRequest
 
 PROFILES = ProfileRegistry.from_dir(Path(__file__).resolve().parents[2] / "models" / "profiles")
@@ -39,7 +40,7 @@ def png(width: int = 600, height: int = 300) -> str:
 
 async def prepare(body: dict[str, Any], principal: Principal = ANONYMOUS) -> PreparedChat:
     request = ChatCompletionRequest.model_validate(body)
-    prepared = prepare_chat(request, principal, PROFILES, MEDIA)
+    prepared = prepare_chat(turn_from_chat(request), principal, PROFILES, MEDIA)
     async with httpx.AsyncClient() as client:
         await load_images(prepared, MEDIA, client)
     return prepared
@@ -155,7 +156,7 @@ async def test_prompt_bound_is_an_upper_bound_of_bytes_and_images() -> None:
 
 
 async def test_images_take_the_profile_layout() -> None:
-    """The bundled model's profile redraws images as a glyph grid (app/profiles/glyphs.py); here a
+    """The bundled model's profile redraws images as a glyph grid (app/profiles/thinkgate_arith.py); here a
     thin black bar across a wide picture becomes one glyph in the first cell of the square."""
     picture = Image.new("RGB", (1000, 500), "white")
     picture.paste((0, 0, 0), (100, 200, 130, 300))

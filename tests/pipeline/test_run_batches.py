@@ -14,6 +14,8 @@ import pytest
 from bench.run import start_fake_engine
 from tests.support import GatewayProcess, start_gateway, usage_records
 
+pytestmark = pytest.mark.slow
+
 TOKENS = 40
 
 

@@ -16,14 +16,15 @@ import httpx
 import orjson
 import pytest
 
-from app.api.chat import ChunkFramer
-from app.auth.keys import ANONYMOUS
+from app.auth.principal import ANONYMOUS
 from app.engine.pool import UpstreamPool
+from app.engine.sse import EngineFailure
 from app.metering.prices import TokenCounts
 from app.pipeline.media import ImageLimits
 from app.pipeline.prepare import MediaPolicy, prepare_chat
-from app.pipeline.run import ChatRun, EngineFailure
+from app.pipeline.run import ChatRun
 from app.profiles.profile import ProfileRegistry
+from app.protocols.chat.adapter import ChunkFramer, turn_from_chat
 from app.protocols.chat.types import ChatCompletionRequest
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -95,7 +96,7 @@ async def relay(
             request = ChatCompletionRequest.model_validate(
                 {"model": MODEL, "stream": True, "messages": [{"role": "user", "content": "What is 7 + 5?"}]}
             )
-            prepared = prepare_chat(request, ANONYMOUS, PROFILES, MEDIA)
+            prepared = prepare_chat(turn_from_chat(request), ANONYMOUS, PROFILES, MEDIA)
             run = ChatRun(prepared, pool, client, keep_text=keep_text, counts_per_chunk=per_chunk_usage)
             fixed = {"id": "chatcmpl-ours", "object": "chat.completion.chunk", "created": 1, "model": MODEL}
             framer = ChunkFramer(

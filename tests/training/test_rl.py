@@ -65,6 +65,7 @@ def _logp(model: torch.nn.Module, r: rl.Rollout) -> float:
     return float(lp[len(r.prompt) - 1 :].sum())
 
 
+@pytest.mark.slow
 def test_a_policy_step_favours_the_rewarded_reply(tok: PreTrainedTokenizerFast) -> None:
     size = mc.Size(hidden=64, layers=1, heads=2, ffn=128, vision_hidden=32, vision_layers=1, vision_heads=2,
                    vision_ffn=64)  # fmt: skip
@@ -129,6 +130,7 @@ def test_sampled_evaluation_counts_every_reply(tok: PreTrainedTokenizerFast) -> 
     assert len({text for text, _ in replies}) > 1  # an untrained model's samples differ
 
 
+@pytest.mark.slow
 def test_the_in_process_evaluation_command_sums_its_seeds(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -1,7 +1,7 @@
 """The training stages after the text ones: reading images (training/vision.py, the `vision` and `joint`
-stage kinds, the glyph-grid layout of app/profiles/glyphs.py) and the short-mode `drill`. The reading labels
-follow the drawn text, each stage kind trains the parameters it should, and the drill's data is what
-it claims."""
+stage kinds, the glyph-grid layout of app/profiles/thinkgate_arith.py) and the short-mode `drill`. The
+reading labels follow the drawn text, each stage kind trains the parameters it should, and the drill's
+data is what it claims."""
 
 from __future__ import annotations
 
@@ -62,6 +62,7 @@ def _changed(model: torch.nn.Module, before: dict[str, torch.Tensor]) -> tuple[b
     return text_changed, vision_changed
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("kind", "expected"), [("vision", (False, True)), ("joint", (True, True))])
 def test_stage_kinds_train_what_they_should(kind: str, expected: tuple[bool, bool]) -> None:
     torch.manual_seed(0)
@@ -77,10 +78,11 @@ def test_stage_kinds_train_what_they_should(kind: str, expected: tuple[bool, boo
     assert all(p.requires_grad for p in model.parameters())  # frozen only during the stage
 
 
+@pytest.mark.slow
 def test_glyph_grid_shows_one_glyph_per_cell_in_reading_order() -> None:
-    """app/profiles/glyphs.py, on rendered problems of both splits, white and noisy backgrounds, all
+    """app/profiles/thinkgate_arith.py, on rendered problems of both splits, white and noisy backgrounds, all
     font sizes: nearly always as many glyphs as characters, and each cell's ink where it should be."""
-    from app.profiles.glyphs import glyph_grid, glyphs_of
+    from app.profiles.thinkgate_arith import glyph_grid, glyphs_of
 
     rng = random.Random(11)
     right, total = 0, 600
@@ -131,6 +133,7 @@ def test_drill_batches_fit_the_token_budget() -> None:
     assert max(n for n, _ in sizes) > settings.batch  # the short examples come many at a time
 
 
+@pytest.mark.slow
 def test_drill_stage_trains_the_language_model_without_the_reading_head() -> None:
     torch.manual_seed(0)
     model, tok = _tiny_model()

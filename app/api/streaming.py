@@ -16,6 +16,8 @@ from typing import Any
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from app.protocols.sse import END
+
 Finish = Callable[[bool], Awaitable[None]]  # called with disconnected=True/False, exactly once
 
 
@@ -54,13 +56,6 @@ async def _race(work: Coroutine[Any, Any, Any], receive: Receive) -> bool:
         watcher.remove_done_callback(on_disconnect)
         watcher.cancel()
     return False
-
-
-# Yielded by a frames iterator: continue only once everything before it has been handed to the
-# server (e.g. before settling a request: a client that left before the end is then seen as gone).
-FLUSH = b""
-# The last frame of a stream, sent together with the end of the body (one socket write, not two).
-END = b"data: [DONE]\n\n"
 
 
 def _headers(headers: dict[str, str], content_type: bytes) -> list[tuple[bytes, bytes]]:

@@ -1,4 +1,4 @@
-"""The streaming response (api/responses.py: `SSEResponse`): frames go out as they come, the last one
+"""The streaming response (api/streaming.py: `SSEResponse`): frames go out as they come, the last one
 with the end of the body, a FLUSH holds nothing back, a slow client holds the reading back, and a
 client that leaves mid-thought is noticed at once and settled exactly once."""
 
@@ -8,7 +8,8 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
-from app.api.responses import END, FLUSH, SSEResponse
+from app.api.streaming import SSEResponse
+from app.protocols.sse import END, FLUSH
 
 
 class Client:

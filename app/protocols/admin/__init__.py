@@ -1,0 +1,2 @@
+"""Thinkgate's admin API on the wire: API keys and their limits (the same operations as
+`thinkgate keys ...`)."""
