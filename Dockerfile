@@ -88,7 +88,8 @@ HEALTHCHECK --interval=15s --timeout=5s --start-period=300s --retries=5 \
 ENTRYPOINT ["python", "-m", "vllm.entrypoints.openai.api_server"]
 CMD ["--model", "/models/thinkgate-arith", "--served-model-name", "thinkgate-arith", \
      "--host", "0.0.0.0", "--port", "8000", "--reasoning-parser", "qwen3", "--max-model-len", "1024", \
-     "--override-generation-config", "{\"temperature\": 0}"]
+     "--override-generation-config", "{\"temperature\": 0}", \
+     "--enable-auto-tool-choice", "--tool-call-parser", "hermes", "--enable-prompt-tokens-details"]
 
 # The default target: `docker build .` gives the gateway.
 FROM gateway

@@ -16,6 +16,7 @@ serve: install
 
 test: install
 	@bash scripts/system-deps.sh
+	@bash scripts/client-deps.sh
 	$(VENV)/bin/pytest $(ARGS)
 
 # The fast layer, in seconds: no slow test (gateway processes, CLI runs, training), no engine, no browser,

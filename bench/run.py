@@ -37,7 +37,9 @@ from bench import loadgen
 ROOT = Path(__file__).resolve().parents[1]
 LITELLM_VENV = ROOT / "bench" / ".litellm-venv"
 LITELLM_REQUIREMENT = os.environ.get("THINKGATE_BENCH_LITELLM", "litellm[proxy]")
-PROXIES = ("direct", "thinkgate", "litellm")
+PROXIES = ("direct", "thinkgate", "responses", "messages", "litellm")
+# Paths through Thinkgate's other front doors: the same gateway process, another API (loadgen --api).
+DOORS = {"responses": "responses", "messages": "messages"}
 
 
 def wait_ready(
@@ -251,6 +253,7 @@ def load(
     max_tokens: int | None,
     extra: dict[str, Any] | None,
     server: Server | None,
+    api: str = "chat",
 ) -> dict[str, Any]:
     """One load-generator run; the server's CPU is read over the measured window only."""
     command = loadgen.command(
@@ -262,6 +265,7 @@ def load(
         max_tokens=max_tokens,
         api_key=server.api_key if server else None,
         extra=extra,
+        api=api,
     )
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     time.sleep(warmup)
@@ -320,13 +324,15 @@ def run_case(
     servers: dict[str, Server | None] = {"direct": None}
     started: list[Server] = []
     try:
-        if "thinkgate" in proxies:
+        if "thinkgate" in proxies or any(door in proxies for door in DOORS):
             servers["thinkgate"] = start_thinkgate(workdir / f"{case.engine}-thinkgate", upstream.url)
+            for door in DOORS:
+                servers[door] = servers["thinkgate"]
         if baseline is not None and "baseline" in proxies:
             servers["baseline"] = start_thinkgate(workdir / f"{case.engine}-baseline", upstream.url, baseline)
         if "litellm" in proxies:
             servers["litellm"] = start_litellm(workdir / f"{case.engine}-litellm", upstream.url, case.model)
-        started = [s for s in servers.values() if s is not None]
+        started = list({id(s): s for s in servers.values() if s is not None}.values())
         for running in started:
             running.start_sampling()
         rows = []
@@ -339,9 +345,18 @@ def run_case(
                     proxy = servers[name]
                     url = upstream.url if proxy is None else proxy.url
                     print(f"[bench] {case.engine} c={concurrency} {name} round {round_ + 1}", file=sys.stderr)
+                    api = DOORS.get(name, "chat")
                     runs[name].append(
                         load(
-                            url, case.model, concurrency, duration, warmup, case.max_tokens, case.extra, proxy
+                            url,
+                            case.model,
+                            concurrency,
+                            duration,
+                            warmup,
+                            case.max_tokens,
+                            case.extra,
+                            proxy,
+                            api,
                         )
                     )
             for name in proxies:
@@ -417,17 +432,21 @@ def verdict(rows: list[dict[str, Any]]) -> list[str]:
                 f"{'MET' if tg >= 10 * ll else 'NOT MET'}"
             )
         direct = get("fake", top, "direct", "chunks_per_s")
-        if tg and direct:
-            checks.append(
-                f"Thinkgate ≥50% of direct chunks/s (fake, {top} streams): {100 * tg / direct:.0f}% "
-                f"{'MET' if tg >= 0.5 * direct else 'NOT MET'}"
-            )
-        tg1, d1 = get("fake", 1, "thinkgate", "ttft_p50_ms"), get("fake", 1, "direct", "ttft_p50_ms")
-        if tg1 is not None and d1 is not None:
-            checks.append(
-                f"Thinkgate adds <1 ms median TTFT at 1 stream (fake): +{tg1 - d1:.2f} ms "
-                f"{'MET' if tg1 - d1 < 1 else 'NOT MET'}"
-            )
+        d1 = get("fake", 1, "direct", "ttft_p50_ms")
+        for door in ("thinkgate", *DOORS):
+            name = "Thinkgate" if door == "thinkgate" else f"Thinkgate's {door} door"
+            chunks = get("fake", top, door, "chunks_per_s")
+            if chunks and direct:
+                checks.append(
+                    f"{name} ≥50% of direct chunks/s (fake, {top} streams): {100 * chunks / direct:.0f}% "
+                    f"{'MET' if chunks >= 0.5 * direct else 'NOT MET'}"
+                )
+            ttft = get("fake", 1, door, "ttft_p50_ms")
+            if ttft is not None and d1 is not None:
+                checks.append(
+                    f"{name} adds <1 ms median TTFT at 1 stream (fake): +{ttft - d1:.2f} ms "
+                    f"{'MET' if ttft - d1 < 1 else 'NOT MET'}"
+                )
     for c in sorted({r["concurrency"] for r in rows if r["engine"] == "vllm"}):
         tg, direct = get("vllm", c, "thinkgate", "chunks_per_s"), get("vllm", c, "direct", "chunks_per_s")
         if tg and direct:
@@ -454,7 +473,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--engines", default="fake,vllm", help="fake, vllm or both (comma-separated)")
     parser.add_argument(
-        "--proxies", default=",".join(PROXIES), help="direct, thinkgate, litellm (comma-separated)"
+        "--proxies",
+        default=",".join(PROXIES),
+        help="direct, thinkgate (Chat Completions), responses, messages (its other doors), litellm",
     )
     parser.add_argument("--concurrency", default="1,16,64", help="concurrent streams for the fake engine")
     parser.add_argument("--real-concurrency", default="1,4", help="concurrent streams for the real engine")
@@ -515,8 +536,9 @@ def main(argv: list[str] | None = None) -> int:
                 case = Case(
                     "vllm", model, [int(c) for c in args.real_concurrency.split(",")], args.real_tokens, extra
                 )
+                chat_paths = [p for p in proxies if p not in DOORS]  # the doors: on the fake engine
                 rows += run_case(
-                    case, vllm, proxies, args.duration, args.warmup, workdir, args.baseline, args.rounds
+                    case, vllm, chat_paths, args.duration, args.warmup, workdir, args.baseline, args.rounds
                 )
     report = {
         "command": " ".join(["python -m bench.run", *(argv if argv is not None else sys.argv[1:])]),

@@ -33,6 +33,7 @@ class Script:
     token_delay_s: float = 0.0  # pause before each token
     reasoning_in_short_mode: bool = False  # reason even when enable_thinking is false
     tokenize_count: int = 7
+    tokenize_per_tool: int = 0  # more prompt tokens /tokenize counts per tool the request offers
     # Words instead of "x" tokens (one token a word): the answer ("{result}" is replaced by the last
     # tool result of the conversation) and the reasoning.
     answer_text: str | None = None
@@ -61,8 +62,12 @@ class ScriptedEngine:
         if path == "/v1/models":
             await _json(send, {"object": "list", "data": [{"id": MODEL, "max_model_len": 1024}]})
         elif path == "/tokenize":
-            self.requests.append(orjson.loads(body))
-            await _json(send, {"count": self.script.tokenize_count, "max_model_len": 1024})
+            request = orjson.loads(body)
+            self.requests.append(request)
+            count = self.script.tokenize_count + self.script.tokenize_per_tool * len(
+                request.get("tools") or ()
+            )
+            await _json(send, {"count": count, "max_model_len": 1024})
         elif path == "/v1/chat/completions":
             request = orjson.loads(body)
             self.requests.append(request)
@@ -100,7 +105,10 @@ class ScriptedEngine:
                 await _event(send, chunk)
             calls = any("tool_calls" in delta for delta in pieces)
             finish = "length" if count >= limit else "tool_calls" if calls else "stop"
-            chunk = {**base, "choices": [{"index": index, "delta": {}, "finish_reason": finish}],
+            last = {"index": index, "delta": {}, "finish_reason": finish}
+            if finish == "stop" and script.answer_text is not None:
+                last["stop_reason"] = _answer(script.answer_text, request)[1]  # as vLLM: the stop string
+            chunk = {**base, "choices": [last],
                      "usage": _usage(script.prompt_tokens, count, min(count, reasoning))}  # fmt: skip
             await _event(send, chunk)
             totals.append((count, min(count, reasoning)))
@@ -154,9 +162,21 @@ def _pieces(script: Script, request: dict[str, Any], reasons: bool) -> list[dict
         return pieces
     if script.answer_text is None:
         return pieces + [{"content": "x"}] * script.answer_tokens
-    result = next((str(m.get("content")) for m in reversed(messages) if m.get("role") == "tool"), "")
-    words = script.answer_text.replace("{result}", result).split(" ")
+    words = _answer(script.answer_text, request)[0].split(" ")
     return pieces + [{"content": word if i == 0 else " " + word} for i, word in enumerate(words)]
+
+
+def _answer(text: str, request: dict[str, Any]) -> tuple[str, str | None]:
+    """The scripted answer ("{result}": the last tool result), cut before the first of the request's
+    `stop` strings it holds, and that string (vLLM's `stop_reason`), or None."""
+    messages = request.get("messages") or []
+    result = next((str(m.get("content")) for m in reversed(messages) if m.get("role") == "tool"), "")
+    text = text.replace("{result}", result)
+    stops = request.get("stop") or []
+    hits = sorted(
+        (text.index(stop), stop) for stop in ([stops] if isinstance(stops, str) else stops) if stop in text
+    )
+    return (text[: hits[0][0]].rstrip(), hits[0][1]) if hits else (text, None)
 
 
 def _usage(prompt: int, completion: int, reasoning: int) -> dict[str, Any]:

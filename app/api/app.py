@@ -17,12 +17,13 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app import __version__
-from app.api import admin, chat, health, models, usage
+from app.api import admin, chat, health, messages, models, responses, usage
 from app.api.error_docs import openapi_schema
-from app.api.guards import BodyLimit, LoopbackGuard, SecurityHeaders, UIFiles
+from app.api.guards import BodyLimit, LoopbackGuard, SecurityHeaders, UIFiles, error_shape
 from app.core.config import Settings
 from app.core.errors import (
     APIError,
+    ErrorBody,
     HTTPStatusError,
     InternalError,
     MethodNotAllowed,
@@ -94,23 +95,27 @@ def _install_error_handlers(app: FastAPI) -> None:
     bodies (app/core/errors.py)."""
 
     @app.exception_handler(APIError)
-    async def api_error(_: Request, exc: APIError) -> Response:
-        return error_response(exc)
+    async def api_error(request: Request, exc: APIError) -> Response:
+        return error_response(exc, _shape(request))
 
     @app.exception_handler(RequestValidationError)
-    async def invalid_body(_: Request, exc: RequestValidationError) -> Response:
-        return error_response(validation_error(list(exc.errors())))
+    async def invalid_body(request: Request, exc: RequestValidationError) -> Response:
+        return error_response(validation_error(list(exc.errors())), _shape(request))
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> Response:
-        return error_response(_from_http_exception(request, exc))
+        return error_response(_from_http_exception(request, exc), _shape(request))
 
     @app.exception_handler(Exception)
-    async def unexpected(_: Request, exc: Exception) -> Response:
+    async def unexpected(request: Request, exc: Exception) -> Response:
         if isinstance(exc, APIError):  # raised inside middleware (body limit)
-            return error_response(exc)
+            return error_response(exc, _shape(request))
         log.exception("unhandled error")
-        return error_response(InternalError())
+        return error_response(InternalError(), _shape(request))
+
+
+def _shape(request: Request) -> ErrorBody:
+    return error_shape(request.url.path)
 
 
 def _from_http_exception(request: Request, exc: HTTPException) -> APIError:
@@ -156,6 +161,8 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> FastAPI:
     )
     _install_error_handlers(app)
     app.include_router(chat.router, tags=["chat"])
+    app.include_router(responses.router, tags=["responses"])
+    app.include_router(messages.router, tags=["messages"])
     app.include_router(models.router, tags=["models"])
     app.include_router(health.router, tags=["operations"])
     app.include_router(usage.router, tags=["usage"])

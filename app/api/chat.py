@@ -51,6 +51,7 @@ async def handle(request: Request) -> Response:
         fingerprint=request_fingerprint(body) if idempotency_key else None,
         keep_text=not body.stream,
         counts_per_chunk=bool(body.stream and options and options.continuous_usage_stats),
+        api="chat",
     )
     stored = await completion.start()
     if stored is not None:

@@ -25,9 +25,10 @@ GatewayDep = Annotated[Gateway, Depends(get_gateway)]
 
 
 def _bearer(request: Request) -> str | None:
+    """The API key: `Authorization: Bearer <key>`, or Anthropic's `x-api-key: <key>`."""
     header = request.headers.get("authorization")
     if not header:
-        return None
+        return request.headers.get("x-api-key", "").strip() or None
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise AuthenticationFailed("The Authorization header must be 'Bearer <API key>'.")
@@ -43,7 +44,7 @@ async def get_principal(request: Request, gateway: GatewayDep) -> Principal:
         if gateway.settings.no_auth:
             return ANONYMOUS
         raise AuthenticationFailed(
-            "No API key provided. Send 'Authorization: Bearer <key>'; "
+            "No API key provided. Send 'Authorization: Bearer <key>' (or 'x-api-key: <key>'); "
             "create one with `thinkgate keys create`."
         )
     principal = await gateway.keys.authenticate(secret)

@@ -15,12 +15,24 @@ from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.core.errors import (
+    ErrorBody,
     MethodNotAllowed,
     NotFound,
     PayloadTooLarge,
     PermissionDenied,
     UnsupportedMediaType,
+    anthropic_body,
+    error_response,
+    openai_body,
 )
+
+# The Anthropic Messages API's routes answer errors in Anthropic's shape.
+MESSAGES_PREFIX = "/v1/messages"
+
+
+def error_shape(path: str) -> ErrorBody:
+    """The error body of a route's wire format: Anthropic's on the Messages API, else OpenAI's."""
+    return anthropic_body if path.startswith(MESSAGES_PREFIX) else openai_body
 
 
 class BodyLimit:
@@ -37,7 +49,7 @@ class BodyLimit:
         too_large = PayloadTooLarge(f"The request body is larger than {self.max_bytes} bytes.")
         for name, value in scope.get("headers", ()):
             if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
-                await too_large.response()(scope, receive, send)
+                await error_response(too_large, error_shape(scope["path"]))(scope, receive, send)
                 return
         seen = 0
 
@@ -125,7 +137,7 @@ class LoopbackGuard:
                 "This gateway runs without API keys (--no-auth) and answers only requests addressed to "
                 "its loopback address (Host: 127.0.0.1, localhost or [::1], with its port).",
                 code="host_not_allowed",
-            ).response()
+            ).response(error_shape(scope["path"]))
         if (
             origin is not None
             and origin not in self.fast_origins
@@ -135,14 +147,14 @@ class LoopbackGuard:
                 "This gateway runs without API keys (--no-auth): requests from web pages of other origins "
                 "are refused.",
                 code="origin_not_allowed",
-            ).response()
+            ).response(error_shape(scope["path"]))
         method = scope["method"]
         # A body the API reads (a DELETE usually has none) must be declared JSON.
         body = method in _BODY_METHODS and (has_body or content_type is not None or method != "DELETE")
         if body and scope["path"].startswith("/v1/") and not _is_json(content_type):
             return UnsupportedMediaType(
                 "The request body must be sent with the header 'Content-Type: application/json'."
-            ).response()
+            ).response(error_shape(scope["path"]))
         return None
 
     def _host_allowed(self, host: bytes, ports: tuple[int, ...]) -> bool:
@@ -203,9 +215,9 @@ class UIFiles:
             methods = ", ".join(sorted(allowed))
             response = MethodNotAllowed(
                 f"{path} does not take {scope['method']}; it takes {methods}.", headers={"Allow": methods}
-            ).response()
+            ).response(error_shape(path))
         elif path == "/v1" or path.startswith("/v1/"):
-            response = NotFound(f"No route {scope['method']} {path}").response()
+            response = NotFound(f"No route {scope['method']} {path}").response(error_shape(path))
         else:
             await self.files(scope, receive, send)
             return

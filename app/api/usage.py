@@ -98,7 +98,7 @@ async def usage(
     gateway: GatewayDep,
     start: Start = None,
     end: End = None,
-    group_by: Annotated[str, Query(description="Comma-separated: day, model, mode, key")] = "day",
+    group_by: Annotated[str, Query(description="Comma-separated: day, model, api, mode, key")] = "day",
     key_id: KeyFilter = None,
     format: Format = None,
     accept: Accept = None,

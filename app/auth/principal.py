@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 # Reasoning efforts from least to most; a key's `max_effort` caps a request's at its position.
-EFFORT_ORDER = ("none", "minimal", "low", "medium", "high")
+EFFORT_ORDER = ("none", "minimal", "low", "medium", "high", "xhigh", "max")
 # The ids of keys stored in `api_keys` start with this; the admin secret and --no-auth have no row.
 KEY_ID_PREFIX = "key_"
 

@@ -48,7 +48,7 @@ def _add_limit_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rpm", type=int, help="requests per minute")
     parser.add_argument("--tpm", type=int, help="tokens per minute (prompt + completion)")
     parser.add_argument("--modes", type=_modes, metavar="long,short", help="reasoning modes the key may use")
-    parser.add_argument("--max-effort", choices=["none", "minimal", "low", "medium", "high"])
+    parser.add_argument("--max-effort", choices=["none", "minimal", "low", "medium", "high", "xhigh", "max"])
 
 
 def _flag(field: FieldInfo) -> Flag:
@@ -135,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     usage = commands.add_parser("usage", help="usage and cost as a table")
     usage.add_argument("--key", help="only this key id")
-    usage.add_argument("--group-by", default="day", help="day, model, mode or key (comma-separated)")
+    usage.add_argument("--group-by", default="day", help="day, model, api, mode or key (comma-separated)")
     usage.add_argument("--since", default="7d", help="how far back: 24h, 7d, 30d, or a date YYYY-MM-DD")
     return parser
 

@@ -157,6 +157,28 @@ class Settings(BaseSettings):
         None, description="TOML of price overrides: [profile.long] answer_output = micro-USD per 1M tokens."
     )
 
+    thinking_signing_keys: Annotated[
+        list[str], NoDecode, Flag("--thinking-signing-key", metavar="SECRET")
+    ] = Field(
+        default_factory=list,
+        description="Keys of the HMAC that signs thinking blocks (Messages API); the first signs, all "
+        "verify (rotation); comma-separated in the environment (THINKGATE_THINKING_SIGNING_KEYS). "
+        "None: one generated and kept in the data folder.",
+    )
+
+    responses_retention_days: float = Field(
+        30, gt=0, le=3650, description="How long a stored Responses API response is kept (store: true)."
+    )
+    responses_encryption_keys: Annotated[
+        list[str], NoDecode, Flag("--responses-encryption-key", metavar="SECRET")
+    ] = Field(
+        default_factory=list,
+        description="Keys that seal reasoning for Responses API clients (include: "
+        "reasoning.encrypted_content; AES-256-GCM); the first seals, all open (rotation); "
+        "comma-separated in the environment (THINKGATE_RESPONSES_ENCRYPTION_KEYS). None: one generated "
+        "and kept in the data folder.",
+    )
+
     # Embedded engine
     engine_port: int = Field(0, ge=0, le=65535, description="Port of the embedded engine (0: a free one).")
     engine_startup_timeout_s: float = Field(
@@ -169,7 +191,13 @@ class Settings(BaseSettings):
         description="KV cache of the embedded CPU engine, in GiB (unless VLLM_CPU_KVCACHE_SPACE is set).",
     )
 
-    @field_validator("upstreams", "image_url_allowlist", mode="before")
+    @field_validator(
+        "upstreams",
+        "image_url_allowlist",
+        "thinking_signing_keys",
+        "responses_encryption_keys",
+        mode="before",
+    )
     @classmethod
     def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):

@@ -20,7 +20,8 @@ APIError                         every error the API answers with (message, type
 └── GatewayTimeout      504      the engine did not answer in time (with Retry-After)
 
 One body builder per wire format turns an error into what that API's clients expect: `openai_body`
-({"error": {"message", "type", "param", "code"}}, every API served so far). `error_response` is the
+({"error": {"message", "type", "param", "code"}}, the OpenAI APIs), `anthropic_body` ({"type": "error",
+"error": {"type", "message"}}, the Messages API). `error_response` is the
 one place an error becomes an HTTP response; a front door with another error shape passes its builder.
 """
 
@@ -59,9 +60,9 @@ class APIError(Exception):
         """This error's body in OpenAI's wire format (the default one)."""
         return openai_body(self)
 
-    def response(self) -> Response:
-        """This error as an HTTP response in OpenAI's wire format (the default one)."""
-        return error_response(self)
+    def response(self, body: ErrorBody | None = None) -> Response:
+        """This error as an HTTP response, in OpenAI's wire format unless `body` builds another."""
+        return error_response(self) if body is None else error_response(self, body)
 
 
 class InvalidRequest(APIError):
@@ -221,6 +222,21 @@ ErrorBody = Callable[[APIError], dict[str, Any]]
 def openai_body(error: APIError) -> dict[str, Any]:
     """OpenAI's error object, which every OpenAI-compatible client parses."""
     return {"error": {"message": error.message, "type": error.type, "param": error.param, "code": error.code}}
+
+
+# Anthropic's error types by HTTP status (its clients read `error.type`); any other status of ours
+# is the closest of them.
+ANTHROPIC_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+                   404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error",
+                   503: "overloaded_error"}  # fmt: skip
+
+
+def anthropic_body(error: APIError) -> dict[str, Any]:
+    """Anthropic's error object (the Messages API), with our `code` and `param` when there are any."""
+    kind = ANTHROPIC_TYPES.get(error.status, "invalid_request_error" if error.status < 500 else "api_error")
+    detail: dict[str, Any] = {"type": kind, "message": error.message}
+    detail.update({name: value for name in ("code", "param") if (value := getattr(error, name)) is not None})
+    return {"type": "error", "error": detail}
 
 
 def error_response(error: APIError, body: ErrorBody = openai_body) -> Response:

@@ -58,6 +58,8 @@ usage_records = Table(
     Column("settled_at", Float),
     Column("instance_id", String(200), nullable=False),
     Column("model", String(200), nullable=False),
+    # The door the request came through: "chat", "responses", "messages", ... (migration 0004).
+    Column("api", String(16), nullable=False, default="chat", server_default="chat"),
     Column("mode", String(8), nullable=False),
     Column("mode_source", String(64), nullable=False),
     Column("effort", String(16)),
@@ -105,4 +107,18 @@ instances = Table(
     Column("id", String(200), primary_key=True),
     Column("started_at", Float, nullable=False),
     Column("heartbeat_at", Float, nullable=False),
+)
+
+# Responses API responses kept for `previous_response_id` and GET/DELETE /v1/responses/{id}
+# (`store`, the default), per key, until `expires_at` (migration 0005).
+stored_responses = Table(
+    "stored_responses",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("key_id", String(32), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("expires_at", Float, nullable=False),
+    Column("response_json", Text, nullable=False),  # the `response` object as returned
+    Column("history_json", Text, nullable=False),  # the conversation through this response, for the next turn
+    Index("ix_stored_responses_expires", "expires_at"),
 )

@@ -50,7 +50,7 @@ def engine_command(profile: ModelProfile, model_dir: Path, port: int) -> list[st
         "--served-model-name", profile.name,
         "--host", "127.0.0.1",
         "--port", str(port),
-        *profile.engine_args,
+        *profile.engine_flags(),
     ]  # fmt: skip
 
 

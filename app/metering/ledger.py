@@ -157,6 +157,7 @@ class Ledger:
         mode_source: str,
         effort: str | None,
         reserve_micros: int,
+        api: str = "chat",
         idempotency_key: str | None = None,
         request_hash: str | None = None,
         limiter: RateLimiter | None = None,
@@ -176,6 +177,7 @@ class Ledger:
             "created_at": now,
             "instance_id": self.instance_id,
             "model": model,
+            "api": api,
             "mode": mode,
             "mode_source": mode_source,
             "effort": effort,
@@ -222,7 +224,14 @@ class Ledger:
         return None
 
     async def reject(
-        self, principal: Principal, *, request_id: str, model: str, mode: str, reason: str
+        self,
+        principal: Principal,
+        *,
+        request_id: str,
+        model: str,
+        mode: str,
+        reason: str,
+        api: str = "chat",
     ) -> None:
         """Record a request refused before any reservation (limits, permissions)."""
         now = time.time()
@@ -233,6 +242,7 @@ class Ledger:
             "settled_at": now,
             "instance_id": self.instance_id,
             "model": model,
+            "api": api,
             "mode": mode,
             "mode_source": "-",
             "status": "rejected",

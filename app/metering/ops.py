@@ -75,6 +75,7 @@ _OPEN_COLUMNS = (
     "created_at",
     "instance_id",
     "model",
+    "api",
     "mode",
     "mode_source",
     "effort",

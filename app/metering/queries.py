@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app.core.errors import InvalidRequest
 from app.db.tables import TOKEN_COLUMNS, api_keys, usage_records
 
-GROUPS = ("day", "model", "mode", "key")
+GROUPS = ("day", "model", "api", "mode", "key")
 RECORD_FIELDS = (
     "id",
     "key_id",
@@ -31,6 +31,7 @@ RECORD_FIELDS = (
     "settled_at",
     "instance_id",
     "model",
+    "api",
     "mode",
     "mode_source",
     "effort",
@@ -179,6 +180,8 @@ async def usage_totals(
             columns["day"] = _day(engine)
         elif group == "model":
             columns["model"] = usage_records.c.model
+        elif group == "api":
+            columns["api"] = usage_records.c.api
         elif group == "mode":
             columns["mode"] = usage_records.c.mode
         elif group == "key":

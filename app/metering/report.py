@@ -19,7 +19,7 @@ NUMBERS = (
     ("reasoning_tokens", "REASONING"),
     ("cost_micros", "COST USD"),
 )
-LABELS = {"day": "DAY", "model": "MODEL", "mode": "MODE", "key_id": "KEY", "key_name": "NAME"}
+LABELS = {"day": "DAY", "model": "MODEL", "api": "API", "mode": "MODE", "key_id": "KEY", "key_name": "NAME"}
 
 
 def _cell(name: str, value: Any) -> str:

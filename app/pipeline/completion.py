@@ -13,17 +13,28 @@ import hashlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 from typing import Any
 
 from app.auth.principal import Principal
-from app.core.errors import APIError, IdempotencyConflict, RateLimited, UpstreamError
+from app.core.errors import APIError, IdempotencyConflict, InvalidRequest, RateLimited, UpstreamError
 from app.engine.sse import EngineFailure
 from app.metering.ledger import OpenRequest, Outcome
 from app.metering.prices import TokenCounts, billed_prices, cost_micros, worst_case_micros
 from app.pipeline.gateway import Gateway
 from app.pipeline.modes import ModeDecision, split_model_suffix
-from app.pipeline.prepare import PreparedChat, load_images, new_request_id, prepare_chat
+from app.pipeline.prepare import (
+    MAX_TOKENS_NOTICE,
+    TOOLS_TOO_LONG,
+    PreparedChat,
+    load_images,
+    new_request_id,
+    prepare_chat,
+    tools_droppable,
+    without_tools,
+)
 from app.pipeline.run import ChatRun, Chunk
+from app.pipeline.token_count import prepared_prompt_tokens
 from app.pipeline.turn import Turn
 
 log = logging.getLogger("thinkgate")
@@ -42,8 +53,10 @@ class Completion:
         fingerprint: str | None = None,
         keep_text: bool = False,
         counts_per_chunk: bool = False,
+        api: str = "chat",
     ) -> None:
         self.gateway = gateway
+        self.api = api  # the door: "chat", "responses", "messages" (the ledger's `api` column)
         self.principal = principal
         self.turn = turn
         self.idempotency_key = idempotency_key
@@ -84,9 +97,10 @@ class Completion:
             if replay is not None:
                 return replay
         try:
-            prepared = self.prepared = prepare_chat(
+            prepared = prepare_chat(
                 self.turn, self.principal, gateway.profiles, gateway.media, self.request_id
             )
+            prepared = self.prepared = await self._fit_output(prepared)
         except APIError as error:
             await self._reject(error)
             raise
@@ -101,6 +115,51 @@ class Completion:
             raise
         await self._connect(prepared)
         return None
+
+    @property
+    def notices(self) -> dict[str, str]:
+        """Response headers for the door to copy (`x-thinkgate-tools`, `x-thinkgate-max-tokens`)."""
+        return self.prepared.notices if self.prepared is not None else {}
+
+    async def _fit_output(self, prepared: PreparedChat) -> PreparedChat:
+        """An output bound larger than what the model's context leaves is fitted to it, not refused.
+        The prompt bound is an upper bound: only when it says the bound might not fit is the prompt
+        counted exactly (the engine's /tokenize; with images still unloaded, the bound is used).
+        Offered tools whose schemas leave less than a quarter of the context to answer in (Open
+        WebUI's 36 built-in tools on a small model) are dropped, unless the client insists on a call."""
+        context = self.gateway.pool.max_model_len.get(prepared.model)
+        wanted = int(prepared.body["max_tokens"])
+        if context is None or prepared.prompt_bound + wanted <= context:
+            return prepared
+        prompt = await self._exact_prompt(prepared)
+        exact = prompt is not None
+        fitted = context - (prompt if prompt is not None else prepared.prompt_bound)
+        if fitted >= wanted:
+            return prepared
+        if exact and fitted < min(wanted, context // 4) and tools_droppable(prepared.body):
+            return await self._fit_output(without_tools(prepared, TOOLS_TOO_LONG))
+        if fitted < 1:
+            if exact:
+                raise InvalidRequest(
+                    f"The prompt ({prompt} tokens) fills the model's context ({context} tokens); "
+                    "shorten the messages",
+                    param="messages",
+                )
+            fitted = 1
+        body = {**prepared.body, "max_tokens": fitted}
+        notices = {**prepared.notices, MAX_TOKENS_NOTICE: f"fitted to {fitted}"}
+        return replace(prepared, body=body, output_bound=fitted * self.turn.n, notices=notices)
+
+    async def _exact_prompt(self, prepared: PreparedChat) -> int | None:
+        """The prompt's tokens by the engine's /tokenize; None with images not loaded yet, or when
+        the engine cannot count (an engine without /tokenize: the bound is used)."""
+        if prepared.images:
+            return None
+        try:
+            return await prepared_prompt_tokens(self.gateway, prepared)
+        except APIError as error:
+            log.info("request %s: no exact prompt count (%s); fitting to the bound", self.request_id, error)
+            return None
 
     async def _reserve(self, prepared: PreparedChat) -> None:
         """Count the rate limits and reserve the worst case, in one ledger transaction."""
@@ -117,6 +176,7 @@ class Completion:
                 mode_source=decision.source,
                 effort=decision.effort,
                 reserve_micros=worst_case_micros(prices, prepared.prompt_bound, prepared.output_bound),
+                api=self.api,
                 idempotency_key=self.idempotency_key,
                 request_hash=self.fingerprint if self.idempotency_key else None,
                 limiter=gateway.limiter,
@@ -157,6 +217,7 @@ class Completion:
                 model=self.model,
                 mode=mode,
                 reason=_reason(error),
+                api=self.api,
             )
         self.gateway.metrics.requests.labels(self.model, mode, "rejected").inc()
 

@@ -4,8 +4,10 @@ The front doors read their dialects into signals (`Signal`), each naming the fie
 with the vocabulary below: a model suffix (`<id>:long`), an effort (none/minimal -> short; the others
 -> long with that effort's budget), a thinking switch, a thinking budget. The Chat Completions door
 reads `reasoning_mode`, the suffix, `reasoning_effort`, OpenRouter's `reasoning{}`, Anthropic's and
-Moonshot's `thinking{}`, and `chat_template_kwargs.enable_thinking / .thinking`. Two explicit signals
-that disagree are a 400 naming both fields. No signal: the auto router.
+Moonshot's `thinking{}`, and `chat_template_kwargs.enable_thinking / .thinking`. On every door, the
+pipeline adds Qwen3's soft switches, `/think` or `/no_think` at the end of the last user message
+(`soft_switch_signal`). Two explicit signals that disagree are a 400 naming both fields. No signal:
+the auto router.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from app.pipeline.turn import Signal, Turn
 from app.profiles.profile import Mode, ModelProfile
 
 MODE_SUFFIXES: dict[str, Mode] = {":long": "long", ":short": "short"}
+SOFT_SWITCHES: dict[str, Mode] = {"/no_think": "short", "/think": "long"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +64,21 @@ def budget_signal(field: str, budget: int) -> Signal:
     return Signal(field, "long" if budget > 0 else "short", budget=budget or None)
 
 
+def soft_switch_signal(turn: Turn) -> Signal | None:
+    """Qwen3's soft switch: `/think` or `/no_think` ending the last user message's text."""
+    for message in reversed(turn.messages):
+        if message.role != "user":
+            continue
+        content = message.content
+        texts = [content] if isinstance(content, str) else [p for p in content or () if isinstance(p, str)]
+        tail = texts[-1].rstrip() if texts else ""
+        for switch, mode in SOFT_SWITCHES.items():
+            if tail.endswith(switch) and (len(tail) == len(switch) or tail[-len(switch) - 1].isspace()):
+                return Signal(f"{message.param}.content", mode)
+        return None
+    return None
+
+
 def _agree(signals: list[Signal]) -> Mode | None:
     decided: Signal | None = None
     for signal in signals:
@@ -96,6 +114,8 @@ def resolve_mode(turn: Turn, profile: ModelProfile) -> ModeDecision:
     """One decision from every signal of the turn: explicit signals must agree (else a 400 naming
     both fields); none at all leaves it to the auto router."""
     signals = turn.signals
+    if profile.reasoning and (soft := soft_switch_signal(turn)) is not None:
+        signals = [*signals, soft]
     mode = _agree(signals)
     budget = _single(signals, "budget")
     effort = _single(signals, "effort")

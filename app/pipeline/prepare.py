@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import secrets
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import httpx
@@ -30,8 +30,16 @@ ENGINE_FIELDS = frozenset(
         "min_tokens", "ignore_eos", "include_stop_str_in_output", "bad_words",
     }
 )  # fmt: skip
-# The fields of a message that reach the chat template besides its content (past reasoning does not).
+# The fields of a message that reach the chat template besides its content; past reasoning reaches it
+# as the profile says (`keep_reasoning`, in its `reasoning_field`).
 MESSAGE_FIELDS = ("name", "tool_calls", "tool_call_id")
+# The body fields that offer tools: dropped together on a model whose engine cannot run tools.
+TOOL_FIELDS = ("tools", "tool_choice", "parallel_tool_calls")
+# Response headers the pipeline hands every door (`PreparedChat.notices`).
+TOOLS_NOTICE = "x-thinkgate-tools"
+TOOLS_DROPPED = "dropped"  # the model's engine cannot run tools
+TOOLS_TOO_LONG = "dropped: too long for the context"  # their schemas would leave no room to answer
+MAX_TOKENS_NOTICE = "x-thinkgate-max-tokens"
 # Per message and per request, what a chat template adds around the text (an upper bound), and
 # what it adds to present tools: a preamble, and some wrapping per tool. Tools are rendered as JSON
 # by the templates we know, with ", " and ": " separators: at most 1.5 times the compact JSON.
@@ -68,6 +76,8 @@ class PreparedChat:
     output_bound: int  # max generated tokens over all choices
     image_count: int
     images: tuple[PendingImage, ...] = ()
+    # Response headers every door copies (tools dropped, the output bound fitted, ...).
+    notices: dict[str, str] = field(default_factory=dict)
 
 
 def new_request_id() -> str:
@@ -110,13 +120,18 @@ def _upstream_messages(
     turn: Turn, profile: ModelProfile, media: MediaPolicy
 ) -> tuple[list[dict[str, Any]], int, list[PendingImage]]:
     """Messages for the engine (image parts still to load), an upper bound of the bytes they put
-    in the prompt, and their images. Past reasoning is not sent: reasoning models are trained to see
-    only the answers of earlier turns."""
+    in the prompt, and their images. Past reasoning is sent as the profile says (`_replays`): most
+    reasoning models are trained to see only the answers of earlier turns, some (DeepSeek V3.1+,
+    Kimi K2) their reasoning within the current tool loop."""
     messages: list[dict[str, Any]] = []
     size = 0
     images: list[PendingImage] = []
-    for message in turn.messages:
+    replay_from = _replay_from(turn, profile)
+    for index, message in enumerate(turn.messages):
         out: dict[str, Any] = {"role": message.role}
+        if message.reasoning and index >= replay_from and message.role == "assistant":
+            out[profile.reasoning_field] = message.reasoning
+            size += len(message.reasoning.encode())
         for name in MESSAGE_FIELDS:
             if (value := getattr(message, name)) is not None:
                 out[name] = value
@@ -141,6 +156,47 @@ def _upstream_messages(
             )
         messages.append(out)
     return messages, size, images
+
+
+def _replay_from(turn: Turn, profile: ModelProfile) -> int:
+    """The index of the first message whose past reasoning is replayed (past the end: none)."""
+    if profile.keep_reasoning == "always":
+        return 0
+    if profile.keep_reasoning == "tool_loops":
+        users = [i for i, message in enumerate(turn.messages) if message.role == "user"]
+        return users[-1] + 1 if users else 0
+    return len(turn.messages)
+
+
+def _tool_policy(body: dict[str, Any], profile: ModelProfile, notices: dict[str, str]) -> None:
+    """On a model whose engine cannot run tools, offered tools are dropped (the answer says so in a
+    header) instead of the engine refusing the request; a client that insists on a tool call
+    (`tool_choice` "required" or a named tool) gets a 400."""
+    if profile.tools or not any(name in body for name in TOOL_FIELDS):
+        return
+    choice = body.get("tool_choice")
+    if choice == "required" or isinstance(choice, dict):
+        raise InvalidRequest(
+            f"The model {body['model']!r} cannot call tools: tool_choice must be 'auto' or 'none' "
+            "(offered tools are then dropped)",
+            param="tool_choice",
+        )
+    for name in TOOL_FIELDS:
+        body.pop(name, None)
+    notices[TOOLS_NOTICE] = TOOLS_DROPPED
+
+
+def tools_droppable(body: dict[str, Any]) -> bool:
+    """Whether the body offers tools the model may do without (it is not told to call one)."""
+    choice = body.get("tool_choice")
+    return bool(body.get("tools")) and choice != "required" and not isinstance(choice, dict)
+
+
+def without_tools(prepared: PreparedChat, why: str) -> PreparedChat:
+    """The prepared turn with its offered tools dropped, `why` in the tools notice."""
+    body = {name: value for name, value in prepared.body.items() if name not in TOOL_FIELDS}
+    bound = prepared.prompt_bound - _tools_bound(prepared.body.get("tools"))
+    return replace(prepared, body=body, prompt_bound=bound, notices={**prepared.notices, TOOLS_NOTICE: why})
 
 
 def _pending_image(
@@ -188,6 +244,8 @@ def prepare_chat(
     body["stream_options"] = {"include_usage": True, "continuous_usage_stats": True}
     body["max_tokens"] = max_tokens
     body["n"] = turn.n
+    notices: dict[str, str] = {}
+    _tool_policy(body, profile, notices)
     if profile.reasoning:
         body = _deep_merge(body, dict(profile.upstream_switch(decision.mode)))
         if decision.mode == "long" and decision.thinking_budget is not None and profile.engine_budget:
@@ -213,6 +271,7 @@ def prepare_chat(
         output_bound=max_tokens * turn.n,
         image_count=len(images),
         images=tuple(images),
+        notices=notices,
     )
 
 

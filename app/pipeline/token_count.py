@@ -17,7 +17,7 @@ from app.core.errors import UpstreamError
 from app.engine.errors import CONNECT_ERRORS, engine_error, unanswered
 from app.pipeline.gateway import Gateway
 from app.pipeline.modes import split_model_suffix
-from app.pipeline.prepare import load_images, prepare_chat
+from app.pipeline.prepare import PreparedChat, load_images, prepare_chat
 from app.pipeline.turn import Turn
 
 # The body fields besides the messages that change the prompt the chat template renders.
@@ -32,6 +32,11 @@ async def count_prompt_tokens(gateway: Gateway, turn: Turn, principal: Principal
     if gateway.settings.metering:
         await gateway.limiter.admit(principal, 0)
     await load_images(prepared, gateway.media, gateway.client)
+    return await prepared_prompt_tokens(gateway, prepared)
+
+
+async def prepared_prompt_tokens(gateway: Gateway, prepared: PreparedChat) -> int:
+    """The exact prompt tokens of a prepared turn (its images loaded), by the engine's /tokenize."""
     tokenize: dict[str, Any] = {"model": prepared.model, "messages": prepared.body["messages"]}
     tokenize.update({name: prepared.body[name] for name in TOKENIZE_FIELDS if name in prepared.body})
     response = await _tokenize(gateway, prepared.model, tokenize)

@@ -48,6 +48,7 @@ class Message:
     name: str | None = None
     tool_calls: list[dict[str, Any]] | None = None  # OpenAI's shape: id, type, function{name, arguments}
     tool_call_id: str | None = None
+    reasoning: str | None = None  # past reasoning of an assistant message (replayed per the profile)
 
 
 @dataclass(slots=True)

@@ -3,7 +3,9 @@
 A profile is a TOML file in `models/profiles/`. It says which served model ids it covers (globs),
 how thinking is switched on and off upstream, the reasoning delimiters, default thinking budgets per
 effort, context length, vision support (and the layout its images are redrawn in, a step registered by
-name: app/profiles/steps.py), prices per mode and the embedded engine's flags.
+name: app/profiles/steps.py), prices per mode and the embedded engine's flags; how its family wants
+past reasoning replayed in multi-turn and tool loops (`[thinking] keep_reasoning`, `reasoning_field`)
+and whether its engine runs tools, with which tool-call parser (`[tools] parser`, `enabled`).
 """
 
 from __future__ import annotations
@@ -18,9 +20,14 @@ from typing import Any, Literal
 from app.profiles.steps import AS_IS, image_layouts
 
 Mode = Literal["long", "short"]
-EFFORTS = ("low", "medium", "high")
+EFFORTS = ("low", "medium", "high", "xhigh", "max")
 PRICE_KINDS = ("input", "cached_input", "image_input", "reasoning_output", "answer_output")
 DEFAULT_BUDGETS = {"low": 1024, "medium": 4096, "high": 16384}
+# The efforts above high default to this many times high's budget.
+UPPER_EFFORTS = {"xhigh": 2, "max": 4}
+KeepReasoning = Literal["never", "tool_loops", "always"]
+KEEP_REASONING = ("never", "tool_loops", "always")
+REASONING_FIELDS = ("reasoning_content", "reasoning")
 
 
 class ProfileError(Exception):
@@ -69,12 +76,25 @@ class ModelProfile:
     think_start: str = "<think>"
     think_end: str = "</think>"
     engine_budget: bool = False
-    budgets: Mapping[str, int] = field(default_factory=lambda: dict(DEFAULT_BUDGETS))
+    budgets: Mapping[str, int] = field(default_factory=lambda: _with_upper(DEFAULT_BUDGETS))
+    # Past reasoning sent back to the engine: never; tool_loops (only the assistant messages after the
+    # last user message: the current tool loop); always. In `reasoning_field` of the message.
+    keep_reasoning: KeepReasoning = "never"
+    reasoning_field: str = "reasoning_content"
+    tools: bool = True  # False: the engine cannot run tools; offered tools are dropped
+    tool_parser: str | None = None  # vLLM's --tool-call-parser for the embedded engine
     thinking_on: Mapping[str, Any] = field(default_factory=dict)
     thinking_off: Mapping[str, Any] = field(default_factory=dict)
     prices: Mapping[Mode, Prices] = field(default_factory=lambda: {"long": Prices(), "short": Prices()})
     engine_args: tuple[str, ...] = ()
     source: Path | None = None
+
+    def engine_flags(self) -> tuple[str, ...]:
+        """The embedded engine's flags: the profile's own, then tools and cached-token counts."""
+        tools = (
+            ("--enable-auto-tool-choice", "--tool-call-parser", self.tool_parser) if self.tool_parser else ()
+        )
+        return (*self.engine_args, *tools, "--enable-prompt-tokens-details")
 
     def matches(self, model_id: str) -> bool:
         return any(fnmatch.fnmatchcase(model_id, pattern) for pattern in self.match)
@@ -99,6 +119,30 @@ def _switch_tables(thinking: Mapping[str, Any], where: str) -> tuple[dict[str, A
     return on, off
 
 
+def _with_upper(budgets: Mapping[str, int]) -> dict[str, int]:
+    """`budgets` with the efforts above high that it does not name: multiples of high's."""
+    return {**{e: budgets["high"] * k for e, k in UPPER_EFFORTS.items()}, **budgets}
+
+
+def _choice(value: object, choices: tuple[str, ...], where: str) -> str:
+    if value not in choices:
+        raise ProfileError(f"{where} is one of {', '.join(choices)}, not {value!r}")
+    return str(value)
+
+
+def _tools(data: Mapping[str, Any], where: str) -> tuple[bool, str | None]:
+    """`[tools]`: enabled (default true) and the engine's tool-call parser."""
+    table = data.get("tools", {})
+    unknown = set(table) - {"enabled", "parser"}
+    if unknown:
+        raise ProfileError(f"{where}: unknown tools fields {sorted(unknown)}")
+    enabled = table.get("enabled", True)
+    parser = table.get("parser")
+    if not isinstance(enabled, bool) or (parser is not None and not isinstance(parser, str)):
+        raise ProfileError(f"{where}: tools.enabled is true or false, tools.parser a parser name")
+    return enabled, parser if enabled else None
+
+
 def _mode(value: object, where: str) -> Mode:
     if value not in ("long", "short"):
         raise ProfileError(f"{where} is long or short, not {value!r}")
@@ -121,9 +165,10 @@ def parse_profile(data: Mapping[str, Any], source: Path | None = None) -> ModelP
         raise ProfileError(f"{where}: missing {missing}") from None
     thinking = data.get("thinking", {})
     on, off = _switch_tables(thinking, where)
-    budgets = {**DEFAULT_BUDGETS, **thinking.get("budgets", {})}
+    budgets = _with_upper({**DEFAULT_BUDGETS, **thinking.get("budgets", {})})
     if set(budgets) != set(EFFORTS) or not all(isinstance(v, int) and v > 0 for v in budgets.values()):
         raise ProfileError(f"{where}: thinking.budgets needs positive integers for {EFFORTS}")
+    tools_enabled, tool_parser = _tools(data, where)
     price_tables = data.get("prices", {})
     prices = {
         mode: Prices.from_table(price_tables.get(mode, {}), f"{where}: prices.{mode}")
@@ -146,6 +191,16 @@ def parse_profile(data: Mapping[str, Any], source: Path | None = None) -> ModelP
         think_end=str(thinking.get("end", "</think>")),
         engine_budget=bool(thinking.get("engine_budget", False)),
         budgets=budgets,
+        keep_reasoning=_choice(  # type: ignore[arg-type]
+            thinking.get("keep_reasoning", "never"), KEEP_REASONING, f"{where}: thinking.keep_reasoning"
+        ),
+        reasoning_field=_choice(
+            thinking.get("reasoning_field", "reasoning_content"),
+            REASONING_FIELDS,
+            f"{where}: thinking.reasoning_field",
+        ),
+        tools=tools_enabled,
+        tool_parser=tool_parser,
         thinking_on=on,
         thinking_off=off,
         prices=prices,  # type: ignore[arg-type]

@@ -89,3 +89,24 @@ def test_the_api_still_answers_its_routes(gateway: GatewayProcess) -> None:
     assert httpx.get(f"{gateway.base_url}/v1/balance", headers=headers).status_code == 200
     chat = httpx.post(f"{gateway.base_url}/v1/chat/completions", headers=headers, json={"model": 1})
     assert chat.status_code == 400  # the chat route itself (validation), not a routing error
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [
+        ("POST", "/v1/messages/nothing-here", 404),
+        ("GET", "/v1/messages", 405),
+        ("GET", "/v1/messages/count_tokens", 405),
+    ],
+)
+def test_the_messages_api_answers_in_anthropics_shape(
+    gateway: GatewayProcess, method: str, path: str, status: int
+) -> None:
+    """Under /v1/messages (the Anthropic Messages API) the same errors come in Anthropic's shape."""
+    response = httpx.request(
+        method, f"{gateway.base_url}{path}", headers={"x-api-key": gateway.api_key}, json={}
+    )
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert body["type"] == "error" and set(body["error"]) >= {"type", "message"}, body
+    assert body["error"]["type"] == ("not_found_error" if status == 404 else "invalid_request_error"), body

@@ -311,9 +311,13 @@ class Fuzz:
         where = f"{call.describe()} -> {status} {raw[:400]!r}"
         assert status < 500 or (status == 503 and response.headers.get("retry-after")), where
         if status >= 400:
-            error = json.loads(raw)["error"]
+            body = json.loads(raw)
+            error = body["error"]
             assert isinstance(error["message"], str) and isinstance(error["type"], str), where
-            assert {"param", "code"} <= set(error), where
+            if call.path.startswith("/v1/messages"):  # the Anthropic Messages API: Anthropic's shape
+                assert body["type"] == "error", where
+            else:
+                assert {"param", "code"} <= set(error), where
             return
         if call.path == "/v1/chat/completions" and status == 200:
             self._completed(call, response, raw, where)

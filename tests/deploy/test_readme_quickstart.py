@@ -40,7 +40,8 @@ def test_readme_opens_with_the_two_commands() -> None:
 
 def test_quickstart_runs_as_written(gateway: GatewayProcess) -> None:
     blocks = quickstart_blocks()
-    assert [lang for lang, _ in blocks] == ["bash", "bash", "bash", "python", "python"]
+    # The Chat Completions quickstart first; the other doors' sections after it (checked below).
+    assert [lang for lang, _ in blocks][:5] == ["bash", "bash", "bash", "python", "python"]
     port = gateway.base_url.rsplit(":", 1)[1]
     env = {
         **os.environ,
@@ -75,3 +76,10 @@ def test_quickstart_runs_as_written(gateway: GatewayProcess) -> None:
     assert stream.strip().endswith("data: [DONE]") and '"reasoning_mode":"short"' in stream
     assert "reasoning tokens:" in outputs[3] and "cost: $" in outputs[3]
     assert outputs[4].strip() == "The answer is 23115."  # 345 x 67, read from the image
+    messages = [out for (lang, code), out in zip(blocks, outputs, strict=True) if "/v1/messages" in code]
+    assert len(messages) == 1, "the Messages API's curl block"
+    message = json.loads(messages[0])
+    assert message["type"] == "message"
+    assert [block["type"] for block in message["content"]] == ["thinking", "text"]
+    sdk = [out for (lang, code), out in zip(blocks, outputs, strict=True) if "import anthropic" in code]
+    assert len(sdk) == 1 and "thinking: '" in sdk[0] and "cost: $" in sdk[0], sdk

@@ -8,6 +8,7 @@ desktop and phone width, go to artifacts/ui/ (docs/ui/ holds the committed copie
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime as dt
 import io
@@ -22,7 +23,7 @@ from typing import TYPE_CHECKING
 import pytest
 import pytest_asyncio
 from PIL import Image, ImageDraw, ImageFont
-from playwright.async_api import Browser, Locator, Page, Response, async_playwright, expect
+from playwright.async_api import Browser, Locator, Page, Response, Route, async_playwright, expect
 
 from tests.support import GatewayProcess, start_gateway
 
@@ -662,3 +663,33 @@ async def test_import_renders_markdown_maths_and_code_and_export_round_trips(
     mine = [c for c in exported["conversations"] if c["id"] == "imported-rich"]
     assert mine and mine[0]["messages"][1]["content"] == RICH_ANSWER
     assert {c["title"] for c in exported["conversations"]} >= {"What is 4821 + 3967?", "What is 100 + 23?"}
+
+
+async def test_speed_is_measured_over_the_generation_not_one_burst(page: Page) -> None:
+    """A short answer whose tokens all arrive in one burst (a busy engine's, coalesced into one write)
+    after half a second: the speed shown is over the generation, not over the burst's microseconds
+    (it showed "67000.0 tok/s" for a 13-token answer). The burst is served by the page's own route, a
+    timing the real engine cannot be made to produce."""
+
+    async def burst(route: Route) -> None:
+        head = {"id": "chatcmpl-burst", "object": "chat.completion.chunk", "created": 1,
+                "model": "thinkgate-arith", "reasoning_mode": "short",
+                "reasoning_mode_reason": "explicit: reasoning_mode"}  # fmt: skip
+        events = [{**head, "choices": [{"index": 0, "delta": {"content": f"{i} "}, "finish_reason": None}]}
+                  for i in range(13)]  # fmt: skip
+        usage = {"prompt_tokens": 9, "completion_tokens": 13, "total_tokens": 22, "cost": 0.00001,
+                 "completion_tokens_details": {"reasoning_tokens": 0}}  # fmt: skip
+        events.append({**head, "choices": [], "usage": usage})
+        body = "".join(f"data: {json.dumps(event)}\n\n" for event in events) + "data: [DONE]\n\n"
+        await asyncio.sleep(0.5)
+        await route.fulfill(status=200, headers={"content-type": "text/event-stream"}, body=body)
+
+    await page.route("**/v1/chat/completions", burst)
+    try:
+        await ask(page, "What is 1 + 1?", "Short")
+        stats = last_answer(page).locator(".stats")
+        await expect(stats).to_contain_text("tok/s")
+        found = re.search(r"([\d.]+) tok/s", await stats.inner_text())
+    finally:
+        await page.unroute("**/v1/chat/completions", burst)
+    assert found is not None and 0 < float(found.group(1)) <= 13 / 0.5, found

@@ -31,7 +31,7 @@ Budget = Annotated[
 Modes = Annotated[
     list[Literal["long", "short"]] | None, Field(min_length=1, description="Allowed reasoning modes")
 ]
-Effort = Literal["none", "minimal", "low", "medium", "high"]
+Effort = Literal["none", "minimal", "low", "medium", "high", "xhigh", "max"]
 
 # The key store's column of each limit a request may set (or clear with null); the CLI's too.
 LIMIT_COLUMNS = {

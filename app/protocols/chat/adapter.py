@@ -68,6 +68,7 @@ def _message(message: ChatMessage, param: str) -> Message:
         name=message.name,
         tool_calls=extra.get("tool_calls"),
         tool_call_id=extra.get("tool_call_id"),
+        reasoning=message.reasoning_content or message.reasoning if message.role == "assistant" else None,
     )
 
 
@@ -88,7 +89,7 @@ def chat_signals(request: ChatCompletionRequest) -> list[Signal]:
         if reasoning.max_tokens is not None:
             signals.append(budget_signal("reasoning.max_tokens", reasoning.max_tokens))
     if thinking := request.thinking:
-        if thinking.type != "auto":
+        if thinking.type not in ("auto", "adaptive"):
             signals.append(switch_signal("thinking.type", thinking.type == "enabled"))
         if thinking.budget_tokens is not None:
             if thinking.type == "disabled":
@@ -145,6 +146,7 @@ class ChatResponder:
             "x-request-id": self.completion.request_id,
             "x-reasoning-mode": decision.mode,
             "x-reasoning-mode-reason": decision.reason,
+            **self.completion.notices,
         }
 
     def _fixed(self, object_type: str) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal, Self
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-Effort = Literal["none", "minimal", "low", "medium", "high"]
+Effort = Literal["none", "minimal", "low", "medium", "high", "xhigh", "max"]
 
 # What a number a client sends must fit: token counts the ledger's INTEGER columns (32-bit on
 # PostgreSQL) and vLLM's own bounds; any other integer the signed 64-bit range (vLLM's seed, and what
@@ -35,6 +35,9 @@ class ImageURL(_Strict):
 class TextPart(_Strict):
     type: Literal["text"]
     text: str
+    cache_control: dict[str, Any] | None = Field(
+        None, description="Anthropic's prompt-caching hint: accepted, ignored (the engine caches prefixes)."
+    )
 
 
 class ImagePart(_Strict):
@@ -51,10 +54,11 @@ class ChatMessage(BaseModel):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[ContentPart] | None = None
     name: str | None = None
-    reasoning_content: str | None = Field(None, description="Past reasoning (accepted, not sent upstream).")
-    reasoning: str | None = Field(
-        None, description="Alias of reasoning_content (accepted, not sent upstream)."
+    reasoning_content: str | None = Field(
+        None,
+        description="Past reasoning: replayed to the engine as the model's profile says (keep_reasoning).",
     )
+    reasoning: str | None = Field(None, description="Alias of reasoning_content.")
 
 
 class StreamOptions(_Strict):
@@ -71,12 +75,15 @@ class ReasoningOptions(_Strict):
     )
     exclude: bool = False
     enabled: bool | None = None
+    summary: Literal["auto", "concise", "detailed"] | None = Field(
+        None, description="OpenAI's reasoning summary: accepted (the whole reasoning is returned)."
+    )
 
 
 class ThinkingOptions(_Strict):
     """Anthropic / Moonshot `thinking` object."""
 
-    type: Literal["enabled", "disabled", "auto"]
+    type: Literal["enabled", "disabled", "auto", "adaptive"]  # auto, adaptive: the auto router
     budget_tokens: int | None = Field(None, ge=0, le=MAX_TOKENS)
 
 

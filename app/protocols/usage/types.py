@@ -14,7 +14,7 @@ from app.metering.prices import format_usd, to_usd
 from app.metering.queries import Balance
 
 RecordStatus = Literal["open", "completed", "length", "aborted", "engine_error", "rejected", "interrupted"]
-GROUP_FIELDS = ("day", "model", "mode", "key_id", "key_name")
+GROUP_FIELDS = ("day", "model", "api", "mode", "key_id", "key_name")
 
 
 class UsageGroup(BaseModel):
@@ -22,6 +22,7 @@ class UsageGroup(BaseModel):
 
     day: str | None = Field(None, description="UTC day, YYYY-MM-DD")
     model: str | None = None
+    api: str | None = Field(None, description="The door: chat, responses, messages")
     mode: str | None = Field(None, description="long or short ('-' for requests refused before a mode)")
     key_id: str | None = None
     key_name: str | None = None
@@ -62,6 +63,7 @@ class UsageRecord(BaseModel):
     settled_at: float | None
     instance_id: str
     model: str
+    api: str = Field(description="The door: chat, responses, messages")
     mode: str
     mode_source: str
     effort: str | None

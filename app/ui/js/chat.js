@@ -123,7 +123,9 @@ function measure(usage, startedAt, firstTokenAt, endedAt) {
       answerTokens: Math.max(0, (usage.completion_tokens ?? 0) - reasoning),
       cost: usage.cost ?? null,
     });
-    const seconds = firstTokenAt === null ? 0 : (endedAt - firstTokenAt) / 1000;
+    // Over the whole generation, from the request to the end of the answer: the tokens of a busy
+    // engine, or all of a short answer, may arrive in one burst, whose own span says nothing.
+    const seconds = firstTokenAt === null ? 0 : (endedAt - startedAt) / 1000;
     if (seconds > 0 && usage.completion_tokens) stats.tokensPerSecond = usage.completion_tokens / seconds;
   }
   return stats;

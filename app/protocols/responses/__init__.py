@@ -1,0 +1,1 @@
+"""The OpenAI Responses API front door (`POST /v1/responses`)."""

@@ -1,0 +1,144 @@
+"""Stored responses (`store`, the default): the `response` object and the conversation through it,
+per API key, kept `responses_retention_days`; read by `previous_response_id` and
+GET /v1/responses/{id}, removed by DELETE. A response of another key is not found (404), as is an
+expired one. Expired rows are deleted as new ones are written.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import orjson
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app.core.errors import NotFound
+from app.pipeline.turn import Image, Message, Part
+
+HISTORY_PARAM = "previous_response_id"
+
+
+def _not_found(response_id: str, param: str | None) -> NotFound:
+    return NotFound(f"No response {response_id!r} is stored for this API key.", param=param)
+
+
+class ResponseStore:
+    def __init__(self, engine: AsyncEngine, retention_s: float) -> None:
+        self.engine = engine
+        self.retention_s = retention_s
+
+    async def put(self, response: dict[str, Any], key_id: str, history: list[Message]) -> None:
+        now = time.time()
+        async with self.engine.begin() as conn:
+            await conn.execute(text("DELETE FROM stored_responses WHERE expires_at < :now"), {"now": now})
+            await conn.execute(
+                text(
+                    "INSERT INTO stored_responses (id, key_id, created_at, expires_at, response_json, "
+                    "history_json) VALUES (:id, :key_id, :now, :expires, :response, :history)"
+                ),
+                {
+                    "id": response["id"],
+                    "key_id": key_id,
+                    "now": now,
+                    "expires": now + self.retention_s,
+                    "response": orjson.dumps(response).decode(),
+                    "history": orjson.dumps([_dump(m) for m in history]).decode(),
+                },
+            )
+
+    async def _row(self, response_id: str, key_id: str, param: str | None) -> Any:
+        async with self.engine.connect() as conn:
+            result = await conn.execute(
+                text(
+                    "SELECT response_json, history_json FROM stored_responses "
+                    "WHERE id = :id AND key_id = :key_id AND expires_at >= :now"
+                ),
+                {"id": response_id, "key_id": key_id, "now": time.time()},
+            )
+            row = result.fetchone()
+        if row is None:
+            raise _not_found(response_id, param)
+        return row
+
+    async def response(self, response_id: str, key_id: str) -> dict[str, Any]:
+        row = await self._row(response_id, key_id, None)
+        stored: dict[str, Any] = orjson.loads(row[0])
+        return stored
+
+    async def history(self, response_id: str, key_id: str) -> list[Message]:
+        row = await self._row(response_id, key_id, HISTORY_PARAM)
+        return [_load(m) for m in orjson.loads(row[1])]
+
+    async def delete(self, response_id: str, key_id: str) -> None:
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
+                text(
+                    "DELETE FROM stored_responses WHERE id = :id AND key_id = :key_id AND expires_at >= :now"
+                ),
+                {"id": response_id, "key_id": key_id, "now": time.time()},
+            )
+        if result.rowcount == 0:
+            raise _not_found(response_id, None)
+
+
+def conversation(messages: list[Message], response: dict[str, Any]) -> list[Message]:
+    """The conversation through a finished response, for the next turn: its messages (without the
+    request's instructions, which do not carry over) and the response's output as one assistant
+    message (answer, tool calls, and the reasoning, for the pipeline to use or drop)."""
+    history = [m for m in messages if m.param != "instructions"]
+    reasoning: list[str] = []
+    answer: list[str] = []
+    calls: list[dict[str, Any]] = []
+    for item in response.get("output") or []:
+        if item["type"] == "reasoning":
+            reasoning.extend(part["text"] for part in item.get("content") or [])
+        elif item["type"] == "message":
+            answer.extend(part.get("text", "") for part in item.get("content") or [])
+        elif item["type"] == "function_call":
+            function = {"name": item["name"], "arguments": item["arguments"]}
+            calls.append({"id": item["call_id"], "type": "function", "function": function})
+    history.append(
+        Message(
+            "assistant",
+            "".join(answer) if answer or not calls else None,
+            HISTORY_PARAM,
+            tool_calls=calls or None,
+            reasoning="".join(reasoning) or None,
+        )
+    )
+    return history
+
+
+def _dump(message: Message) -> dict[str, Any]:
+    content: Any = message.content
+    if isinstance(content, list):
+        content = [{"image_url": p.url} if isinstance(p, Image) else {"text": p} for p in content]
+    out = {
+        "role": message.role,
+        "content": content,
+        "name": message.name,
+        "tool_calls": message.tool_calls,
+        "tool_call_id": message.tool_call_id,
+        "reasoning": message.reasoning,
+    }
+    return {k: v for k, v in out.items() if v is not None}
+
+
+def _load(data: dict[str, Any]) -> Message:
+    content = data.get("content")
+    if isinstance(content, list):
+        parts: list[Part] = [
+            Image(p["image_url"], HISTORY_PARAM) if "image_url" in p else str(p.get("text", ""))
+            for p in content
+        ]
+        content = parts
+    return Message(
+        data["role"],
+        content,
+        HISTORY_PARAM,
+        name=data.get("name"),
+        tool_calls=data.get("tool_calls"),
+        tool_call_id=data.get("tool_call_id"),
+        reasoning=data.get("reasoning"),
+    )
