@@ -5,9 +5,10 @@ from __future__ import annotations
 import gc
 import inspect
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
+from types import MappingProxyType, ModuleType
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -46,15 +47,17 @@ GC_YOUNG_THRESHOLD = 20_000
 
 
 class ThinkgateApp(FastAPI):
-    """FastAPI, with its hot route served without the middleware and routing layers: a chat
-    completion goes straight to its handler, with the same body limit and the same error handlers
-    (the layers were a sizeable share of a short request's CPU: docs/performance.md). Everything
-    else, the chat route's OpenAPI documentation included, is FastAPI's as usual. A middleware
-    added to the app does not see chat completions: the lane must be given its work too, as it is
-    given a BodyLimit of its own (`tests/api/test_chat_lane.py` lists the middleware it accounts for)."""
+    """FastAPI, with its hot routes served without the middleware and routing layers: a chat
+    completion, a response or a message goes straight to its front door's handler, with the same
+    body limit and the same error handlers (the layers were a sizeable share of a short request's
+    CPU: docs/performance.md). Everything else, the doors' OpenAPI documentation included, is
+    FastAPI's as usual. A middleware added to the app does not see the lanes' requests: the lanes
+    must be given its work too, as they are given a BodyLimit of their own
+    (`tests/api/test_chat_lane.py` lists the middleware they account for)."""
 
-    # `serve_chat` behind the body limit, set by create_app; None: chat completions go through FastAPI.
-    chat_lane: ASGIApp | None = None
+    # The front doors' POST paths served without the middleware and routing layers, each handler
+    # behind the body limit (set by create_app); a path not here goes through FastAPI.
+    lanes: Mapping[str, ASGIApp] = MappingProxyType({})
     # --no-auth: every request, the lane's too, passes the loopback guard first.
     guard: LoopbackGuard | None = None
 
@@ -64,21 +67,27 @@ class ThinkgateApp(FastAPI):
             if refused is not None:
                 await refused(scope, receive, send)
                 return
-        lane = self.chat_lane
-        is_chat = scope["type"] == "http" and scope["path"] == chat.PATH and scope["method"] == "POST"
-        if lane is not None and is_chat:
+        lane = (
+            self.lanes.get(scope["path"]) if scope["type"] == "http" and scope["method"] == "POST" else None
+        )
+        if lane is not None:
             await lane(scope, receive, send)
         else:
             await super().__call__(scope, receive, send)
 
-    async def serve_chat(self, scope: Scope, receive: Receive, send: Send) -> None:
-        scope["app"] = self
-        request = Request(scope, receive)
-        try:
-            response = await chat.handle(request)
-        except Exception as exc:
-            response = await self._handle_error(request, exc)
-        await response(scope, receive, send)
+    def lane(self, handle: Callable[[Request], Awaitable[Response]]) -> ASGIApp:
+        """`handle` as an ASGI app that answers its errors as the exception handlers would."""
+
+        async def serve(scope: Scope, receive: Receive, send: Send) -> None:
+            scope["app"] = self
+            request = Request(scope, receive)
+            try:
+                response = await handle(request)
+            except Exception as exc:
+                response = await self._handle_error(request, exc)
+            await response(scope, receive, send)
+
+        return serve
 
     async def _handle_error(self, request: Request, exc: Exception) -> Response:
         """What the exception handlers answer for `exc`: the most specific one, as Starlette picks."""
@@ -88,6 +97,19 @@ class ThinkgateApp(FastAPI):
                 response = handler(request, exc)
                 return await response if inspect.isawaitable(response) else response
         raise exc
+
+
+DOORS = (chat, responses, messages)  # route modules with a `PATH` and a `handle(request)`
+
+
+def _handler_of(door: ModuleType) -> Callable[[Request], Awaitable[Response]]:
+    """The door's `handle`, looked up on each request (so that a test can replace it)."""
+
+    async def handle(request: Request) -> Response:
+        response: Response = await door.handle(request)
+        return response
+
+    return handle
 
 
 def _install_error_handlers(app: FastAPI) -> None:
@@ -176,7 +198,9 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> FastAPI:
         app.mount("/", UIFiles(app, StaticFiles(directory=UI_DIR, html=True)), name="ui")
     app.add_middleware(SecurityHeaders, csp=csp)
     app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
-    app.chat_lane = BodyLimit(app.serve_chat, max_bytes=settings.max_request_bytes)
+    app.lanes = {
+        door.PATH: BodyLimit(app.lane(_handler_of(door)), settings.max_request_bytes) for door in DOORS
+    }
     if settings.no_auth:
         app.guard = LoopbackGuard(settings.host, settings.port)
     return app

@@ -9,10 +9,12 @@ from typing import Any
 
 import orjson
 from fastapi import APIRouter, Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
 from starlette.responses import Response, StreamingResponse
 
 from app.api.chat import ERROR_RESPONSES, MAX_IDEMPOTENCY_KEY
-from app.api.deps import CurrentPrincipal
+from app.api.deps import CurrentPrincipal, get_principal
 from app.api.streaming import DeferredJSONResponse, SSEResponse
 from app.auth.principal import Principal
 from app.core.errors import InvalidRequest
@@ -28,9 +30,20 @@ from app.protocols.responses.types import ResponsesRequest
 PATH = "/v1/responses"
 
 
-async def handle(request: Request, body: ResponsesRequest, principal: Principal) -> Response:
-    """One `POST /v1/responses`, its body parsed and its caller known (FastAPI's dependencies
-    authenticate before the body is validated: 401 before 400)."""
+async def handle(request: Request) -> Response:
+    """`POST /v1/responses`, served straight from `api/app.py: ThinkgateApp`'s lanes (as chat
+    completions are): the caller first (401 before 400), then the body."""
+    gateway: Gateway = request.app.state.gateway
+    principal = await get_principal(request, gateway)
+    try:
+        body = ResponsesRequest.model_validate_json(await request.body())
+    except ValidationError as exc:
+        raise RequestValidationError(exc.errors(include_url=False)) from None
+    return await respond(request, body, principal)
+
+
+async def respond(request: Request, body: ResponsesRequest, principal: Principal) -> Response:
+    """One `POST /v1/responses`, its body parsed and its caller known."""
     gateway: Gateway = request.app.state.gateway
     if body.background:
         raise InvalidRequest("Background responses are not supported.", param="background")
@@ -79,7 +92,8 @@ def _store(request: Request, gateway: Gateway) -> ResponseStore:
     store: ResponseStore | None = getattr(request.app.state, "responses_store", None)
     if store is None:
         retention_s = gateway.settings.responses_retention_days * 86400
-        store = request.app.state.responses_store = ResponseStore(gateway.ledger.engine, retention_s)
+        ledger = gateway.ledger
+        store = request.app.state.responses_store = ResponseStore(ledger.engine, retention_s, ledger.writer)
     return store
 
 
@@ -100,7 +114,8 @@ router = APIRouter()
     summary="Create a model response (OpenAI Responses API)",
 )
 async def create_response(body: ResponsesRequest, request: Request, principal: CurrentPrincipal) -> Response:
-    return await handle(request, body, principal)
+    """The schema of the route; requests are served by `handle` (through ThinkgateApp's lanes)."""
+    return await respond(request, body, principal)
 
 
 @router.get(

@@ -1,7 +1,10 @@
 """Stored responses (`store`, the default): the `response` object and the conversation through it,
 per API key, kept `responses_retention_days`; read by `previous_response_id` and
 GET /v1/responses/{id}, removed by DELETE. A response of another key is not found (404), as is an
-expired one. Expired rows are deleted as new ones are written.
+expired one. Expired rows are deleted with a write now and then (at most once a minute).
+
+A write is one op (`app/db/ops.py`): on SQLite it rides in the ledger's batches (`db/batch.py`),
+with the settlements of the same moment, instead of a transaction of its own per response.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.core.errors import NotFound
+from app.db.batch import SqliteWriter
+from app.db.ops import Connection, Op, run_one
 from app.pipeline.turn import Image, Message, Part
 
 HISTORY_PARAM = "previous_response_id"
@@ -23,29 +28,62 @@ def _not_found(response_id: str, param: str | None) -> NotFound:
     return NotFound(f"No response {response_id!r} is stored for this API key.", param=param)
 
 
+SWEEP_EVERY_S = 60.0  # how often a write also deletes the expired rows
+
+_INSERT = (
+    "INSERT INTO stored_responses (id, key_id, created_at, expires_at, response_json, history_json) "
+    "VALUES (:id, :key_id, :now, :expires, :response, :history)"
+)
+_SWEEP = "DELETE FROM stored_responses WHERE expires_at < :now"
+
+
+class PutOp(Op):
+    """Store one response (and, now and then, delete the expired ones)."""
+
+    __slots__ = ("row", "sweep")
+
+    def __init__(self, row: dict[str, Any], sweep: bool) -> None:
+        self.row = row
+        self.sweep = sweep
+
+    def apply(self, con: Connection) -> None:
+        if self.sweep:
+            con.execute(_SWEEP, {"now": self.row["now"]})
+        con.execute(_INSERT, self.row)
+
+
 class ResponseStore:
-    def __init__(self, engine: AsyncEngine, retention_s: float) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        retention_s: float,
+        writer: SqliteWriter | None = None,
+        sweep_every_s: float = SWEEP_EVERY_S,
+    ) -> None:
         self.engine = engine
         self.retention_s = retention_s
+        self.writer = writer  # the SQLite batcher, when the database is SQLite
+        self.sweep_every_s = sweep_every_s
+        self._swept = 0.0
 
     async def put(self, response: dict[str, Any], key_id: str, history: list[Message]) -> None:
         now = time.time()
-        async with self.engine.begin() as conn:
-            await conn.execute(text("DELETE FROM stored_responses WHERE expires_at < :now"), {"now": now})
-            await conn.execute(
-                text(
-                    "INSERT INTO stored_responses (id, key_id, created_at, expires_at, response_json, "
-                    "history_json) VALUES (:id, :key_id, :now, :expires, :response, :history)"
-                ),
-                {
-                    "id": response["id"],
-                    "key_id": key_id,
-                    "now": now,
-                    "expires": now + self.retention_s,
-                    "response": orjson.dumps(response).decode(),
-                    "history": orjson.dumps([_dump(m) for m in history]).decode(),
-                },
-            )
+        sweep = now - self._swept >= self.sweep_every_s
+        if sweep:
+            self._swept = now
+        row = {
+            "id": response["id"],
+            "key_id": key_id,
+            "now": now,
+            "expires": now + self.retention_s,
+            "response": orjson.dumps(response).decode(),
+            "history": orjson.dumps([_dump(m) for m in history]).decode(),
+        }
+        op = PutOp(row, sweep)
+        if self.writer is not None:
+            await self.writer.submit(op, defer=True)
+        else:
+            await run_one(self.engine, op)
 
     async def _row(self, response_id: str, key_id: str, param: str | None) -> Any:
         async with self.engine.connect() as conn:

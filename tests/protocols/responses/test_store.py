@@ -39,7 +39,7 @@ async def test_a_response_is_kept_for_its_key_until_it_expires(tmp_path: Path) -
         with pytest.raises(NotFound):
             await store.delete("resp_1", "key-a")
 
-        short = ResponseStore(engine, retention_s=0.05)
+        short = ResponseStore(engine, retention_s=0.05, sweep_every_s=0)  # every write sweeps
         await short.put({"id": "resp_2"}, "key-a", history)
         time.sleep(0.1)
         with pytest.raises(NotFound):
