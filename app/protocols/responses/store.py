@@ -81,7 +81,7 @@ class ResponseStore:
         }
         op = PutOp(row, sweep)
         if self.writer is not None:
-            await self.writer.submit(op, defer=True)
+            await self.writer.submit(op)  # not deferred: the client waits for it (response.completed)
         else:
             await run_one(self.engine, op)
 
