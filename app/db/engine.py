@@ -13,6 +13,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import AsyncAdaptedQueuePool
 
+from app.core.config import REPO_ROOT
+
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 _DRIVERS = {
@@ -40,6 +42,12 @@ def sqlite_file(url: str) -> str | None:
         return None
     database = make_url(url).database
     return database if database and database != ":memory:" else None
+
+
+def data_folder(url: str) -> Path:
+    """Where the gateway keeps its files: beside a SQLite database's file, else the repository's data/."""
+    database_file = sqlite_file(url)
+    return Path(database_file).parent if database_file else REPO_ROOT / "data"
 
 
 def create_engine(url: str) -> AsyncEngine:

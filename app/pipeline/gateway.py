@@ -12,9 +12,9 @@ from pathlib import Path
 import httpx
 
 from app.auth.keys import KeyStore
-from app.core.config import REPO_ROOT, Settings
+from app.core.config import Settings
 from app.db.batch import SqliteWriter
-from app.db.engine import create_engine, migrate, sqlite_file
+from app.db.engine import create_engine, data_folder, migrate, sqlite_file
 from app.engine.launcher import EmbeddedEngine
 from app.engine.pool import UpstreamPool
 from app.engine.transport import EngineTransport, HeadTimeout, mount_pattern, serves
@@ -32,8 +32,7 @@ log = logging.getLogger("thinkgate")
 def _spool_path(settings: Settings) -> Path:
     if settings.ledger_spool is not None:
         return settings.ledger_spool
-    database_file = sqlite_file(settings.database_url)
-    folder = Path(database_file).parent if database_file else REPO_ROOT / "data"
+    folder = data_folder(settings.database_url)
     return folder / f"unsettled-{re.sub(r'[^A-Za-z0-9_.-]', '_', settings.instance_id)}.jsonl"
 
 

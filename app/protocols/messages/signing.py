@@ -12,12 +12,10 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import os
-import secrets
-from pathlib import Path
 
-from app.core.config import REPO_ROOT, Settings
-from app.db.engine import sqlite_file
+from app.core.config import Settings
+from app.core.keyfile import stored_key
+from app.db.engine import data_folder
 
 KEY_FILE = "thinking-signing.key"
 PREFIX = "tg1."
@@ -48,22 +46,4 @@ def signer_for(settings: Settings) -> ThinkingSigner:
     """The configured keys, or the data folder's generated one (made on first use)."""
     if settings.thinking_signing_keys:
         return ThinkingSigner([key.encode() for key in settings.thinking_signing_keys])
-    database_file = sqlite_file(settings.database_url)
-    folder = Path(database_file).parent if database_file else REPO_ROOT / "data"
-    return ThinkingSigner([_stored_key(folder / KEY_FILE)])
-
-
-def _stored_key(path: Path) -> bytes:
-    """The key kept in `path`, created (mode 0600, never overwritten) when there is none yet."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        key = path.read_text(encoding="utf-8").strip()
-        if key:
-            return key.encode()
-        raise ValueError(f"the thinking signing key file {path} is empty") from None
-    key = secrets.token_hex(32)
-    with os.fdopen(fd, "w", encoding="utf-8") as file:
-        file.write(key + "\n")
-    return key.encode()
+    return ThinkingSigner([stored_key(data_folder(settings.database_url) / KEY_FILE, "thinking signing key")])

@@ -16,15 +16,14 @@ import base64
 import binascii
 import hashlib
 import os
-import secrets
-from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from app.core.config import REPO_ROOT, Settings
+from app.core.config import Settings
 from app.core.errors import InvalidRequest
-from app.db.engine import sqlite_file
+from app.core.keyfile import stored_key
+from app.db.engine import data_folder
 
 KEY_FILE = "responses-encryption.key"
 PREFIX = "tgr1."
@@ -71,22 +70,5 @@ def sealer_for(settings: Settings) -> ReasoningSealer:
     """The configured keys, or the data folder's generated one (made on first use)."""
     if settings.responses_encryption_keys:
         return ReasoningSealer([key.encode() for key in settings.responses_encryption_keys])
-    database_file = sqlite_file(settings.database_url)
-    folder = Path(database_file).parent if database_file else REPO_ROOT / "data"
-    return ReasoningSealer([_stored_key(folder / KEY_FILE)])
-
-
-def _stored_key(path: Path) -> bytes:
-    """The key kept in `path`, created (mode 0600, never overwritten) when there is none yet."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        key = path.read_text(encoding="utf-8").strip()
-        if key:
-            return key.encode()
-        raise ValueError(f"the responses encryption key file {path} is empty") from None
-    key = secrets.token_hex(32)
-    with os.fdopen(fd, "w", encoding="utf-8") as file:
-        file.write(key + "\n")
-    return key.encode()
+    key = stored_key(data_folder(settings.database_url) / KEY_FILE, "responses encryption key")
+    return ReasoningSealer([key])
