@@ -16,16 +16,14 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 from starlette.responses import Response, StreamingResponse
 
-from app.api.deps import CurrentPrincipal, GatewayDep, get_principal
+from app.api.deps import MAX_IDEMPOTENCY_KEY, CurrentPrincipal, GatewayDep, get_principal, idempotency_key_of
 from app.api.error_docs import error_responses
 from app.api.streaming import DeferredJSONResponse, SSEResponse
-from app.core.errors import InvalidRequest
 from app.pipeline.completion import Completion
 from app.pipeline.gateway import Gateway
 from app.protocols.chat.adapter import ChatResponder, replayed_frames, request_fingerprint, turn_from_chat
 from app.protocols.chat.types import ChatCompletionRequest
 
-MAX_IDEMPOTENCY_KEY = 200
 PATH = "/v1/chat/completions"
 
 
@@ -36,12 +34,7 @@ async def handle(request: Request) -> Response:
         body = ChatCompletionRequest.model_validate_json(await request.body())
     except ValidationError as exc:
         raise RequestValidationError(exc.errors(include_url=False)) from None
-    idempotency_key = request.headers.get("idempotency-key")
-    if idempotency_key is not None and len(idempotency_key) > MAX_IDEMPOTENCY_KEY:
-        raise InvalidRequest(
-            f"The Idempotency-Key header is longer than {MAX_IDEMPOTENCY_KEY} characters.",
-            param="Idempotency-Key",
-        )
+    idempotency_key = idempotency_key_of(request)
     options = body.stream_options
     completion = Completion(
         gateway,

@@ -9,7 +9,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from app.auth.principal import ADMIN, ANONYMOUS, Principal
-from app.core.errors import AuthenticationFailed, PermissionDenied
+from app.core.errors import AuthenticationFailed, InvalidRequest, PermissionDenied
 from app.pipeline.gateway import Gateway
 
 log = logging.getLogger("thinkgate")
@@ -85,3 +85,17 @@ async def get_admin(principal: CurrentPrincipal) -> Principal:
 
 
 AdminPrincipal = Annotated[Principal, Depends(get_admin)]
+
+
+MAX_IDEMPOTENCY_KEY = 200  # the ledger's column
+
+
+def idempotency_key_of(request: Request) -> str | None:
+    """The request's Idempotency-Key header (every front door takes one), at most 200 characters."""
+    key = request.headers.get("idempotency-key")
+    if key is not None and len(key) > MAX_IDEMPOTENCY_KEY:
+        raise InvalidRequest(
+            f"The Idempotency-Key header is longer than {MAX_IDEMPOTENCY_KEY} characters.",
+            param="Idempotency-Key",
+        )
+    return key

@@ -18,11 +18,10 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from app.api.chat import ERROR_RESPONSES, MAX_IDEMPOTENCY_KEY
-from app.api.deps import CurrentPrincipal, GatewayDep, get_principal
+from app.api.chat import ERROR_RESPONSES
+from app.api.deps import MAX_IDEMPOTENCY_KEY, CurrentPrincipal, GatewayDep, get_principal, idempotency_key_of
 from app.api.guards import MESSAGES_PREFIX
 from app.api.streaming import DeferredJSONResponse, SSEResponse
-from app.core.errors import InvalidRequest
 from app.pipeline.completion import Completion
 from app.pipeline.gateway import Gateway
 from app.pipeline.token_count import count_prompt_tokens
@@ -55,12 +54,7 @@ async def handle(request: Request) -> Response:
     gateway: Gateway = request.app.state.gateway
     principal = await get_principal(request, gateway)  # who is asking comes first: 401 before 400
     body = await _body(request, MessagesRequest)
-    idempotency_key = request.headers.get("idempotency-key")
-    if idempotency_key is not None and len(idempotency_key) > MAX_IDEMPOTENCY_KEY:
-        raise InvalidRequest(
-            f"The Idempotency-Key header is longer than {MAX_IDEMPOTENCY_KEY} characters.",
-            param="Idempotency-Key",
-        )
+    idempotency_key = idempotency_key_of(request)
     signer = _signer(request, gateway)
     completion = Completion(
         gateway,

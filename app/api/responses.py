@@ -13,8 +13,8 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 from starlette.responses import Response, StreamingResponse
 
-from app.api.chat import ERROR_RESPONSES, MAX_IDEMPOTENCY_KEY
-from app.api.deps import CurrentPrincipal, get_principal
+from app.api.chat import ERROR_RESPONSES
+from app.api.deps import CurrentPrincipal, get_principal, idempotency_key_of
 from app.api.streaming import DeferredJSONResponse, SSEResponse
 from app.auth.principal import Principal
 from app.core.errors import InvalidRequest
@@ -47,12 +47,7 @@ async def respond(request: Request, body: ResponsesRequest, principal: Principal
     gateway: Gateway = request.app.state.gateway
     if body.background:
         raise InvalidRequest("Background responses are not supported.", param="background")
-    idempotency_key = request.headers.get("idempotency-key")
-    if idempotency_key is not None and len(idempotency_key) > MAX_IDEMPOTENCY_KEY:
-        raise InvalidRequest(
-            f"The Idempotency-Key header is longer than {MAX_IDEMPOTENCY_KEY} characters.",
-            param="Idempotency-Key",
-        )
+    idempotency_key = idempotency_key_of(request)
     sealer = _sealer(request, gateway)
     store = _store(request, gateway)
     owner = principal.key_id
