@@ -333,8 +333,9 @@ class App {
       case "delete":
         if (this.active) return;
         conversation.messages.splice(index, 1);
-        this.transcript.show(conversation.messages);
+        // Saved before it leaves the screen: a reload right after must not bring it back.
         await this.save(conversation);
+        this.transcript.show(conversation.messages);
         break;
       case "regenerate":
         if (this.active) return;
