@@ -30,9 +30,8 @@ lint: install
 	$(VENV)/bin/mypy
 	$(PY) -m checks.layers
 
-# Rebuild the bundled model from nothing: four stages, 58 min (ARGS=--quick: every stage scaled down to
-# 1.5 min, the pipeline check; ARGS="--recipe hour-rl": the same then RL, 80 min; ARGS="--recipe extended":
-# nine stages ending in RL, 325 min; see the model card).
+# Rebuild the bundled model from nothing: the recipe's stages, ~90 min on 2 idle cores (ARGS=--quick:
+# every stage scaled down to 1.5 min, the pipeline check; see the model card).
 model: install
 	$(PY) -m training.build $(ARGS)
 

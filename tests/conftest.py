@@ -116,7 +116,7 @@ NEEDS_MARKER = {
     ("tests.conftest", "engine"): "engine",
     ("tests.pg", "postgres_server"): "postgres",
 }
-NEEDS_MARKER_BY_NAME = {"browser": "browser"}  # Playwright's browser (tests/ui/test_browser.py)
+NEEDS_MARKER_BY_NAME = {"browser": "browser"}  # Playwright's browser (tests/ui/conftest.py)
 
 
 def _markers_needed(item: pytest.Item) -> dict[str, str]:

@@ -42,6 +42,10 @@ class Script:
     # it (the name first, the arguments in two pieces, finish_reason "tool_calls"), when the request
     # offers a tool of that name and the conversation does not end with a tool's result.
     tool_call: tuple[str, dict[str, Any]] | None = None
+    # The log-probability of every generated token, sent as vLLM does (`choices[].logprobs.content`)
+    # when the request asks for `logprobs`; None: none sent (an engine without them). What auto mode's
+    # escalation reads: a real model cannot be made to be this sure or unsure on demand.
+    token_logprob: float | None = None
 
 
 @dataclass
@@ -92,6 +96,7 @@ class ScriptedEngine:
         totals = []
         pieces = _pieces(script, request, reasons)
         reasoning = sum("reasoning" in delta for delta in pieces)
+        logprob = script.token_logprob if request.get("logprobs") else None
         for index in range(int(request.get("n") or 1)):
             count = 0
             for delta in pieces:
@@ -100,7 +105,10 @@ class ScriptedEngine:
                 if script.token_delay_s:
                     await asyncio.sleep(script.token_delay_s)
                 count += 1
-                chunk = {**base, "choices": [{"index": index, "delta": delta, "finish_reason": None}],
+                choice = {"index": index, "delta": delta, "finish_reason": None}
+                if logprob is not None:
+                    choice["logprobs"] = _logprobs(delta, logprob)
+                chunk = {**base, "choices": [choice],
                          "usage": _usage(script.prompt_tokens, count, min(count, reasoning))}  # fmt: skip
                 await _event(send, chunk)
             calls = any("tool_calls" in delta for delta in pieces)
@@ -177,6 +185,13 @@ def _answer(text: str, request: dict[str, Any]) -> tuple[str, str | None]:
         (text.index(stop), stop) for stop in ([stops] if isinstance(stops, str) else stops) if stop in text
     )
     return (text[: hits[0][0]].rstrip(), hits[0][1]) if hits else (text, None)
+
+
+def _logprobs(delta: dict[str, Any], logprob: float) -> dict[str, Any]:
+    """A token's `logprobs` as vLLM streams them."""
+    text = str(delta.get("content") or delta.get("reasoning") or "")
+    token = {"token": text, "logprob": logprob, "bytes": list(text.encode()), "top_logprobs": []}
+    return {"content": [token]}
 
 
 def _usage(prompt: int, completion: int, reasoning: int) -> dict[str, Any]:

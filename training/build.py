@@ -1,14 +1,11 @@
 """``make model``: rebuild the bundled model from nothing (data, tokenizer, training, checkpoint files).
 
-    python -m training.build                 # the shipped weights (4 stages, 58 min): models/thinkgate-arith
+    python -m training.build                 # the shipped weights' recipe: models/thinkgate-arith
     python -m training.build --quick         # every stage scaled down: a ~3-minute check, into a temp folder
-    python -m training.build --recipe hour-rl   # the same, then an RL stage (80 min; model card)
-    python -m training.build --recipe extended  # nine stages ending in RL (325 min; model card)
     python -m training.build --placeholder   # final files with untrained weights (for wiring tests)
-    python -m training.build --minutes 30    # one stage of 30 minutes
-    python -m training.build --resume DIR --minutes 10 --out OUT   # a further training stage from DIR
-    python -m training.build --resume DIR --from-stage 2 --out OUT # the recipe's stages 2.. from DIR
-    python -m training.build --resume DIR --stages drill:30:3e-4 --normalised-images --out OUT  # experiments
+    python -m training.build --until-stage 2 --out OUT               # the recipe's first stages only
+    python -m training.build --resume OUT --from-stage 3 --out OUT2  # ... and the rest, later
+    python -m training.build --resume DIR --stages l2s-rs:8:1e-4 --normalised-images --out OUT  # experiments
 
 The output is built in ``<out>.partial`` and swapped in at the end, so an engine reading the current
 checkpoint never sees a half-written one.
@@ -30,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerFast
 
+    from training.long2short import L2SSettings
     from training.rl import RLSettings
     from training.train import TrainSettings
 
@@ -51,64 +49,39 @@ class Stage:
     train: dict[str, Any] = field(default_factory=dict)
 
 
-# The shipped weights' recipe (`make model`): one hour from nothing, with a fresh optimizer and new
-# problems in each stage, and each stage from the weights before it (as shipped, bf16). Measured in
-# full in the model card; through the product, long/text/hard 100 %, long/image/hard 94 %,
-# short/text/easy 98 %.
-# 1. Text alone, both modes, in batches of 12: a text step is ~1.7x faster than one with images (no
-#    vision tower, no 64 image tokens), and small batches learn hard text in fewer minutes (it learns
-#    by optimizer steps: 0 % for ~2,000 of them, then rising). 90 % of short-mode examples are easy
-#    problems: a short batch is cheap, so the direct answers get their repetitions almost for free.
-# 2. The vision tower learns to read the glyph grid on its reading head alone (99 % of glyphs).
-# 3. Everything together: the language model learns to copy what the tower reads (images 0 -> 92 %).
-# 4. The short-mode drill, in batches half the usual token budget (twice the steps).
-HOUR = (
-    Stage(33.0, 1e-3, normalised=True, images=False, train={"batch": 12, "short_easy_rate": 0.9}),
-    Stage(2.0, 2e-3, "vision", normalised=True),
+# The shipped weights' recipe (`make model`, the second generation): from nothing, with a fresh optimizer
+# and new problems in each stage, and each stage from the weights before it (as shipped, bf16). Measured
+# in full in the model card.
+# 1. Text alone, both modes, in batches of 12 (a text step is ~1.7x faster than one with images, and
+#    small batches learn hard text in fewer minutes): long traces, short solutions, the refusal,
+#    conversations of up to four turns, the calculator tool.
+# 2. The vision tower learns to read the glyph grid on its reading head alone.
+# 3. Everything together: the language model learns to copy what the tower reads.
+# 4. The short-mode drill: short solutions on easy and hard problems, a third in conversations, in
+#    batches of half the usual token budget (twice the steps).
+# 5. long2short (training/long2short.py): the short mode's solutions sharpened on its own samples.
+# Conversations and tool prompts are long (a tools block is ~300 tokens) and teach little until the
+# arithmetic is there: few of them while it is learned, the usual share afterwards.
+FEW_LONG_PROMPTS = {"short_easy_rate": 0.5, "conversation_rate": 0.05, "tools_rate": 0.05}
+LONG_PROMPTS = {"short_easy_rate": 0.5, "conversation_rate": 0.15, "tools_rate": 0.1}
+DEFAULT = (
+    Stage(90.0, 1e-3, normalised=True, images=False, train={"batch": 12, "steps": 8000, **FEW_LONG_PROMPTS}),
+    Stage(45.0, 5e-4, normalised=True, images=False, train={"batch": 12, "steps": 4000, **LONG_PROMPTS}),
+    Stage(2.5, 2e-3, "vision", normalised=True),
     Stage(10.0, 4e-4, "joint", normalised=True),
-    Stage(12.0, 3e-4, "drill", normalised=True, train={"drill_tokens": 12 * 256}),
+    Stage(8.0, 3e-4, "drill", normalised=True, train={"drill_tokens": 12 * 256, "drill_rate": 0.5}),
 )
-
-# The hour, then reinforcement learning with the verifiable reward (training/rl.py): 80 minutes, past the
-# hour, so not the default. On the shipped weights it took sampled (temperature 1) pass@1 on 300
-# held-out hard text problems from 90.3 to 95.5 %; greedy cells moved within 2 problems in 300.
-HOUR_RL = (*HOUR, Stage(22.5, 3e-5, "rl", seed=1500, normalised=True))
-
-# The extended recipe (325 minutes, ending in reinforcement learning): the weights shipped before the
-# one-hour build met every target. Seeds are the ones each stage was first run with.
-# 1-3. Text and both modes: 50 minutes at lr 1e-3, then twice 60 more at 5e-4. In process, the
-#      second took hard text in long mode from 77.5 % to 92.5 % (40 problems); the third took it from
-#      93.5 % to 97.5 % and short mode on easy problems from 73.5 % to 77.5 % (200 problems each).
-# 4-5. Reading images in the glyph-grid layout: the vision tower alone on the reading loss (99 % of
-#      glyphs read after 2 minutes), then everything together; long/image/hard 0 -> 97.5 % in process.
-# 6-7. The short-mode drill, twice: easy problems answered directly, weighted to the kinds it got wrong;
-#      short/text/easy 82 -> 91 -> 93 % in process (300 problems), long mode unchanged, but products of
-#      two 2-digit numbers only 5 -> 32 %.
-# 8.   The drill again with those products answered by one line of working (problems.short_answer).
-#      The stages before it ran before that working existed; a rebuild trains every stage with it.
-# 9.   Reinforcement learning with the verifiable reward (training/rl.py), long mode on text: sampled
-#      (temperature 1) pass@1 on 300 held-out hard problems 86.0 -> 95.2 %, greedy unchanged (98 %).
-EXTENDED = (
-    Stage(50.0, 1e-3),
-    Stage(60.0, 5e-4),
-    Stage(60.0, 5e-4, seed=1241),
-    Stage(10.0, 2e-3, "vision", seed=1235, normalised=True),
-    Stage(32.0, 3e-4, "joint", seed=1236, normalised=True),
-    Stage(30.0, 3e-4, "drill", seed=1301, normalised=True),
-    Stage(30.0, 3e-4, "drill", seed=1302, normalised=True),
-    Stage(30.0, 3e-4, "drill", seed=1401, normalised=True),
-    Stage(22.5, 3e-5, "rl", seed=1500, normalised=True),
-)
-RECIPES = {"hour": HOUR, "hour-rl": HOUR_RL, "extended": EXTENDED}
-DEFAULT_RECIPE = "hour"
+RECIPES = {"default": DEFAULT}
+DEFAULT_RECIPE = "default"
 
 
 def parse_stages(spec: str) -> list[Stage]:
     """``kind:minutes:lr,...``, e.g. ``vision:30:2e-3,joint:35:3e-4`` (the image-reading experiment
     in the model card: stage kinds in training.train.TrainSettings)."""
+    from training import long2short
     from training.train import KINDS
 
-    kinds = (*KINDS, "rl")  # rl: training/rl.py
+    kinds = (*KINDS, "rl", *long2short.KINDS)  # rl: training/rl.py; l2s-*: training/long2short.py
     stages = []
     for part in spec.split(","):
         kind, minutes, lr = part.split(":")
@@ -128,9 +101,13 @@ def quick_stages(recipe: tuple[Stage, ...]) -> list[Stage]:
     return [replace(stage, minutes=QUICK_MINUTES * stage.minutes / total) for stage in recipe]
 
 
-def stage_settings(stage: Stage, default_seed: int, *, quick: bool = False) -> TrainSettings | RLSettings:
+def stage_settings(
+    stage: Stage, default_seed: int, *, quick: bool = False
+) -> TrainSettings | RLSettings | L2SSettings:
     """The training settings of one stage. Probes every quarter of a stage (at most one a minute:
     a probe costs ~20 s), at half of a --quick stage."""
+    from training.long2short import KINDS as L2S_KINDS
+    from training.long2short import L2SSettings
     from training.rl import RLSettings
     from training.train import TrainSettings
 
@@ -140,7 +117,19 @@ def stage_settings(stage: Stage, default_seed: int, *, quick: bool = False) -> T
         # --quick: short replies, so that a step fits in the scaled-down stage.
         max_new = 48 if quick else RLSettings.max_new
         return RLSettings(stage.minutes, stage.lr, seed=seed, eval_every_s=eval_every_s, max_new=max_new)
+    if stage.kind in L2S_KINDS:
+        # Other settings by name from the stage's `train` dict (training.long2short.L2SSettings).
+        quick_l2s = {"max_new": 48, "long_max_new": 48} if quick else {}
+        return L2SSettings(
+            kind=stage.kind,
+            minutes=stage.minutes,
+            lr=stage.lr,
+            seed=seed,
+            eval_every_s=eval_every_s,
+            **{**stage.train, **quick_l2s},
+        )
     no_images = {} if stage.images else {"image_rate": 0.0, "short_image_rate": 0.0}
+    train = {k: v for k, v in stage.train.items() if not (quick and k == "steps")}  # --quick: minutes
     return TrainSettings(
         minutes=stage.minutes,
         seed=seed,
@@ -148,7 +137,7 @@ def stage_settings(stage: Stage, default_seed: int, *, quick: bool = False) -> T
         kind=stage.kind,
         eval_every_s=eval_every_s,
         **no_images,
-        **stage.train,
+        **train,
     )
 
 
@@ -189,8 +178,7 @@ def main(argv: list[str] | None = None) -> int:
         "--recipe",
         choices=sorted(RECIPES),
         default=DEFAULT_RECIPE,
-        help="hour: the shipped weights' four stages (58 min); hour-rl: those, then RL (80 min); "
-        "extended: nine stages ending in RL (325 min)",
+        help="default: the shipped weights' recipe (model card)",
     )
     ap.add_argument("--lr", type=float, default=None, help="peak learning rate")
     ap.add_argument("--stages", type=parse_stages, default=None, help="kind:minutes:lr,... (experiments)")
@@ -199,6 +187,12 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=None,
         help="with --resume: run the recipe from this stage (1-based) on the resumed weights",
+    )
+    ap.add_argument(
+        "--until-stage",
+        type=int,
+        default=None,
+        help="run the recipe's stages 1..N only (continue later with --resume OUT --from-stage N+1)",
     )
     ap.add_argument(
         "--normalised-images",
@@ -233,6 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"[build] tokenizer: {len(tok)} tokens; config and processor written", flush=True)
 
     from training import train as tr
+    from training.long2short import L2SSettings
 
     model = tr.new_model(cfg, args.seed)
     if args.resume is not None:
@@ -263,12 +258,12 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"--from-stage needs --resume and a stage in 1..{len(recipe)}", file=sys.stderr)
                 return 2
             first = args.from_stage
-            stages = list(recipe[first - 1 :])
+            stages = list(recipe[first - 1 : args.until_stage])
         elif args.minutes is not None or args.resume is not None:
             minutes = args.minutes if args.minutes is not None else recipe[0].minutes
             stages = [Stage(minutes, args.lr or tr.TrainSettings.lr)]
         else:
-            stages = list(recipe)
+            stages = list(recipe)[: args.until_stage]
         head = None
         if any(stage.kind in tr.READING_KINDS for stage in stages):
             from training import vision
@@ -314,6 +309,12 @@ def main(argv: list[str] | None = None) -> int:
             if isinstance(settings, tr.TrainSettings):
                 stats = tr.train(
                     model, tok, settings, on_eval=on_eval, exclude=inproc_eval.eval_problems(), head=head
+                )
+            elif isinstance(settings, L2SSettings):
+                from training import long2short
+
+                stats = long2short.train(
+                    model, tok, settings, on_eval=on_eval, exclude=inproc_eval.eval_problems()
                 )
             else:
                 from training import rl

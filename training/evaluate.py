@@ -3,8 +3,11 @@
     python -m training.evaluate                          # starts `thinkgate serve` with the embedded engine
     python -m training.evaluate --url http://127.0.0.1:8000 --api-key sk-...   # an already running gateway
 
-Asks every cell (mode x input kind x split) ``--n`` problems, and prints pass@1, mean reasoning tokens
-per answer and answer latency. The mode is chosen with the gateway's ``reasoning_mode`` field.
+Asks every cell (mode x input kind x split; images in the trained font families and in the one held
+out of training) ``--n`` problems, then the out-of-domain, conversation and calculator cells
+(``training/eval_dialogues.py``), and prints pass@1, mean reasoning and output tokens per answer and
+answer latency. The mode is chosen with the gateway's ``reasoning_mode`` field. The tables are written
+into the model card (between its ``<!-- make eval -->`` markers) unless ``--no-card``.
 """
 
 from __future__ import annotations
@@ -31,12 +34,24 @@ import httpx
 from app.engine.launcher import free_port
 from training import examples as E
 from training import problems as pb
+from training.eval_dialogues import evaluate_dialogues, format_dialogues
 from training.inproc_eval import ALL_CELLS, Cell, held_out
 
 REPO = Path(__file__).resolve().parent.parent
 GATEWAY_SEED = 2026
+CARD = REPO / "models" / "thinkgate-arith" / "README.md"
+CELLS: list[Cell] = [*ALL_CELLS, ("long", "font", "easy"), ("long", "font", "hard")]
 # Targets from the issue; a cell missing from this map has none.
-TARGETS: dict[str, float] = {"long/text/hard": 0.95, "long/image/hard": 0.85, "short/text/easy": 0.95}
+TARGETS: dict[str, float] = {
+    "long/text/hard": 0.95,
+    "long/image/hard": 0.90,
+    "long/font/hard": 0.80,
+    "short/text/easy": 0.97,
+    "short/text/hard": 0.60,
+    "long/text/ood": 1.0,
+    "short/text/ood": 1.0,
+    "short/text/easy, turns 2-4": 0.95,
+}
 
 
 @dataclass
@@ -46,6 +61,7 @@ class Answer:
     latency_s: float
     content: str
     error: str = ""
+    output_tokens: int = 0
 
 
 def image_data_url(ex: E.Example) -> str:
@@ -87,9 +103,11 @@ def ask(
         return Answer(False, 0, latency, "", f"HTTP {r.status_code}: {r.text[:200]}")
     body = r.json()
     content = body["choices"][0]["message"].get("content") or ""
-    details = (body.get("usage") or {}).get("completion_tokens_details") or {}
+    usage = body.get("usage") or {}
+    details = usage.get("completion_tokens_details") or {}
     reasoning = int(details.get("reasoning_tokens") or 0)
-    return Answer(pb.final_integer(content) == ex.problem.result, reasoning, latency, content)
+    output = int(usage.get("completion_tokens") or 0)
+    return Answer(pb.grade(ex.problem, content), reasoning, latency, content, output_tokens=output)
 
 
 def evaluate_cells(
@@ -112,6 +130,7 @@ def evaluate_cells(
                 "n": len(answers),
                 "pass1": sum(a.correct for a in answers) / len(answers),
                 "reasoning_tokens": statistics.mean(a.reasoning_tokens for a in answers),
+                "output_tokens": statistics.mean(a.output_tokens for a in answers),
                 "latency_mean_s": statistics.mean(a.latency_s for a in answers),
                 "latency_p50_s": statistics.median(a.latency_s for a in answers),
                 "errors": len(errors),
@@ -126,14 +145,16 @@ def evaluate_cells(
 
 def format_table(table: dict[str, dict[str, float]]) -> str:
     lines = [
-        "| mode | input | split | n | pass@1 | mean reasoning tokens | latency mean (s) | latency p50 (s) |",
-        "|---|---|---|---|---|---|---|---|",
+        "| mode | input | split | n | pass@1 | mean reasoning tokens | mean output tokens | latency mean (s) "
+        "| latency p50 (s) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for key, v in table.items():
         mode, kind, split = key.split("/")
         lines.append(
             f"| {mode} | {kind} | {split} | {v['n']:.0f} | {v['pass1']:.1%} | "
-            f"{v['reasoning_tokens']:.0f} | {v['latency_mean_s']:.2f} | {v['latency_p50_s']:.2f} |"
+            f"{v['reasoning_tokens']:.0f} | {v['output_tokens']:.0f} | {v['latency_mean_s']:.2f} | "
+            f"{v['latency_p50_s']:.2f} |"
         )
     return "\n".join(lines)
 
@@ -144,12 +165,30 @@ def target_report(table: dict[str, dict[str, float]]) -> list[str]:
         if key in table:
             got = table[key]["pass1"]
             out.append(f"{key}: {got:.1%} (target {target:.0%}) {'met' if got >= target else 'NOT met'}")
-    for kind in ("text", "image"):
-        long_, short = table.get(f"long/{kind}/hard"), table.get(f"short/{kind}/hard")
-        if long_ and short:
-            gap = long_["pass1"] - short["pass1"]
-            out.append(f"hard {kind}: long - short = {gap * 100:+.0f} points (target +20)")
+    long_, short = table.get("long/text/hard"), table.get("short/text/hard")
+    if long_ and short:
+        ratio = short["output_tokens"] / max(long_["output_tokens"], 1)
+        out.append(f"short/text/hard output tokens: {ratio:.0%} of long mode's (target <= 25 %)")
+    tool = table.get("long/text/hard + calculator")
+    if long_ and tool:
+        out.append(
+            f"long + calculator, hard: {tool['pass1']:.1%} with {tool['reasoning_tokens']:.0f} "
+            "reasoning tokens "
+            f"(long alone {long_['pass1']:.1%} with {long_['reasoning_tokens']:.0f}; target: >=, fewer)"
+        )
     return out
+
+
+def write_card(text: str, card: Path = CARD) -> None:
+    """Replace what lies between the card's ``<!-- make eval -->`` and ``<!-- /make eval -->``."""
+    start, end = "<!-- make eval -->", "<!-- /make eval -->"
+    body = card.read_text()
+    if start not in body or end not in body:
+        print(f"[eval] {card} has no {start} markers: not written", flush=True)
+        return
+    head, rest = body.split(start, 1)
+    card.write_text(head + start + "\n" + text + "\n" + end + rest.split(end, 1)[1])
+    print(f"[eval] tables written to {card}", flush=True)
 
 
 @contextmanager
@@ -220,12 +259,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--seed", type=int, default=GATEWAY_SEED)
     ap.add_argument("--json", type=Path, help="also write the table as JSON here")
+    ap.add_argument("--no-card", action="store_true", help="do not write the tables into the model card")
     args = ap.parse_args(argv)
 
     def run(base: str) -> dict[str, dict[str, float]]:
         headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
         with httpx.Client(base_url=base, headers=headers, timeout=600) as client:
-            return evaluate_cells(client, ALL_CELLS, args.n, args.seed, args.concurrency)
+            table = evaluate_cells(client, CELLS, args.n, args.seed, args.concurrency)
+            return {**table, **evaluate_dialogues(client, args.n, args.seed, args.concurrency)}
 
     if args.url:
         table = run(args.url.rstrip("/"))
@@ -235,9 +276,19 @@ def main(argv: list[str] | None = None) -> int:
             embedded_gateway(Path(tmp)) as base,
         ):
             table = run(base)
-    print(format_table(table))
-    for line in target_report(table):
-        print(line)
+    single = {k: v for k, v in table.items() if k.count("/") == 2 and "ood" not in k}
+    text = (
+        format_table(single) + "\n\n" + format_dialogues({k: v for k, v in table.items() if k not in single})
+    )
+    text += "\n\n" + "\n".join(f"- {line}" for line in target_report(table))
+    stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    text = (
+        f"Run {stamp}: {args.n} problems per cell, seed {args.seed}, concurrency {args.concurrency}.\n\n"
+        + text
+    )
+    print(text)
+    if not args.no_card:
+        write_card(text)
     if args.json:
         args.json.write_text(json.dumps(table, indent=2) + "\n")
     return 0

@@ -4,13 +4,17 @@ encoded to token ids with a per-token loss weight."""
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
 
 from PIL import Image
 from transformers import PreTrainedTokenizerFast
 
+from app.profiles.calculator import CALCULATOR_TOOL
 from training import problems as pb
 from training import tokenizer as tk
+from training import traces as tr
 from training.modelcfg import IMAGE_SEQ_LEN
 from training.render import Layout, render_with_layout
 
@@ -36,6 +40,12 @@ class Example:
     slip_rate: float = 0.0
     layout: Layout | None = None  # where the problem was drawn (image examples)
     read_only: bool = False  # the reply is the reading step alone (see `reading_example`)
+    # Earlier turns of the conversation: (user text, the assistant's reply as a client sends it back).
+    history: list[tuple[str, str]] = field(default_factory=list)
+    tools: list[dict[str, object]] | None = None  # the request's tools (the calculator among them?)
+    # With the calculator offered, long mode calls it ("call"), then answers from its result ("after").
+    phase: str = ""
+    call_content: str = ""  # the calling turn's content as a client sends it back ("" or "\n\n")
 
 
 def make_example(
@@ -44,30 +54,100 @@ def make_example(
     *,
     image_rate: float = 0.3,
     long_rate: float = 0.5,
-    ood_rate: float = 0.04,
+    ood_rate: float = 0.08,
     slip_rate: float = 0.1,
     short_easy_rate: float = 0.0,
     short_image_rate: float | None = None,
+    conversation_rate: float = 0.0,
+    tools_rate: float = 0.0,
     exclude: frozenset[pb.Problem] = frozenset(),
 ) -> Example:
     """One example. ``short_easy_rate``: share of short-mode problems drawn from the easy split (short
     answers are cheap to train on, and easy problems answered directly need many repetitions);
     ``short_image_rate``: image share for short mode (reading is learned in long mode, where the problem
-    is restated); ``exclude``: held-out evaluation problems never trained on."""
+    is restated); ``conversation_rate``: share with 1-3 earlier turns; ``tools_rate``: share offering
+    tools (mostly the calculator); ``exclude``: held-out evaluation problems never trained on."""
     long = rng.random() < long_rate
     system = rng.choice(SYSTEM_PROMPTS) if rng.random() < 0.05 else None
+    history = conversation(rng, rng.randint(1, 3)) if rng.random() < conversation_rate else []
+    tools = offered_tools(rng) if rng.random() < tools_rate else None
     if split == "train" and rng.random() < ood_rate:
-        return Example(None, long, pb.ood_prompt(rng), system=system)
+        return Example(None, long, pb.ood_prompt(rng), system=system, history=history, tools=tools)
     use_easy = short_easy_rate > 0 and not long and rng.random() < short_easy_rate
     p = pb.sample_problem(rng, "easy" if use_easy else split)
     while p in exclude:
         p = pb.sample_problem(rng, "easy" if use_easy else split)
+    ex = Example(
+        p, long, pb.text_prompt(p, rng), system=system, slip_rate=slip_rate, history=history, tools=tools
+    )
     rate = image_rate if long or short_image_rate is None else short_image_rate
     if rng.random() < rate:
-        image, layout = render_with_layout(pb.image_text(p, rng), rng)
-        instruction = rng.choice(pb.IMAGE_INSTRUCTIONS)
-        return Example(p, long, instruction, image, rng.random() < 0.8, system, slip_rate, layout)
-    return Example(p, long, pb.text_prompt(p, rng), system=system, slip_rate=slip_rate)
+        ex.image, ex.layout = render_with_layout(pb.image_text(p, rng), rng)
+        ex.user_text = rng.choice(pb.IMAGE_INSTRUCTIONS)
+        ex.image_first = rng.random() < 0.8
+    if long and offers_calculator(tools):
+        ex.phase = rng.choice(("call", "after"))
+        ex.call_content = "" if rng.random() < 0.7 else "\n\n"
+    return ex
+
+
+def conversation(rng: random.Random, turns: int) -> list[tuple[str, str]]:
+    """Earlier turns: problems of any size (now and then an out-of-domain prompt), each with the reply
+    a client sends back: long mode's answer (its thinking is not replayed) or short mode's solution."""
+    out = []
+    for _ in range(turns):
+        if rng.random() < 0.1:
+            out.append((pb.ood_prompt(rng), pb.OOD_REPLY))
+            continue
+        p = pb.sample_problem(rng, rng.choice(("train", "easy")))
+        reply = pb.answer_text(p) if rng.random() < 0.5 else tr.short_solution(p)
+        out.append((pb.text_prompt(p, rng), reply))
+    return out
+
+
+# Other tools a client may offer (the model answers as it would without them).
+OTHER_TOOLS: tuple[dict[str, object], ...] = (
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "Get the current weather in a city.",
+            "parameters": {
+                "type": "object",
+                "properties": {"city": {"type": "string"}},
+                "required": ["city"],
+            },
+        },
+    },
+    {
+        "type": "function",
+        "function": {
+            "name": "search",
+            "description": "Search the web.",
+            "parameters": {
+                "type": "object",
+                "properties": {"query": {"type": "string"}},
+                "required": ["query"],
+            },
+        },
+    },
+)
+
+
+def offered_tools(rng: random.Random) -> list[dict[str, object]]:
+    """The calculator alone (most often), with another tool, or other tools only."""
+    r = rng.random()
+    if r < 0.6:
+        return [CALCULATOR_TOOL]
+    if r < 0.8:
+        tools = [CALCULATOR_TOOL, rng.choice(OTHER_TOOLS)]
+        rng.shuffle(tools)
+        return tools
+    return [rng.choice(OTHER_TOOLS)]
+
+
+def offers_calculator(tools: list[dict[str, object]] | None) -> bool:
+    return any(tool == CALCULATOR_TOOL for tool in tools or [])
 
 
 def reading_example(rng: random.Random, exclude: frozenset[pb.Problem] = frozenset()) -> Example:
@@ -75,31 +155,19 @@ def reading_example(rng: random.Random, exclude: frozenset[pb.Problem] = frozens
     a short, cheap example that teaches the language model to read the image tokens."""
     ex = make_example(rng, image_rate=1.0, long_rate=1.0, ood_rate=0.0, exclude=exclude)
     ex.read_only = True
+    ex.phase = ""
     return ex
 
 
-# Short-mode drill (`drill` stages): easy problems in short mode, weighted to the kinds a direct
-# answer got wrong most (measured on the image-reading weights, 300 problems: 2x2-digit products
-# 5 %, 2x1 and 1x2 73 % and 82 %, 2-2-digit differences 45 %, 1-1 87 %, sums 95-100 %).
-DRILL_WEIGHTS = {
-    ("*", 2, 2): 4.0,
-    ("*", 1, 2): 2.0,
-    ("*", 2, 1): 2.0,
-    ("-", 2, 2): 3.0,
-    ("-", 1, 1): 1.5,
-    ("-", 2, 1): 1.5,
-}
-
-
 def drill_example(rng: random.Random, exclude: frozenset[pb.Problem] = frozenset()) -> Example:
-    """A short-mode text example on an easy problem, drawn with `DRILL_WEIGHTS` (rejection sampling);
-    its reply is `problems.short_answer`."""
-    top = max(DRILL_WEIGHTS.values())
-    while True:
-        p = pb.sample_problem(rng, "easy")
-        weight = DRILL_WEIGHTS.get((p.op, len(str(p.a)), len(str(p.b))), 1.0)
-        if p not in exclude and rng.random() * top < weight:
-            return Example(p, False, pb.text_prompt(p, rng))
+    """A short-mode text example (`drill` stages): easy and hard problems alike, a third of them in a
+    conversation; its reply is `traces.short_solution`."""
+    split = "easy" if rng.random() < 0.5 else "train"
+    p = pb.sample_problem(rng, split)
+    while p in exclude:
+        p = pb.sample_problem(rng, split)
+    history = conversation(rng, rng.randint(1, 3)) if rng.random() < 0.3 else []
+    return Example(p, False, pb.text_prompt(p, rng), history=history)
 
 
 def messages(ex: Example) -> list[dict[str, object]]:
@@ -107,16 +175,32 @@ def messages(ex: Example) -> list[dict[str, object]]:
     out: list[dict[str, object]] = []
     if ex.system:
         out.append({"role": "system", "content": ex.system})
+    for user, reply in ex.history:
+        out += [{"role": "user", "content": user}, {"role": "assistant", "content": reply}]
     if ex.image is None:
         out.append({"role": "user", "content": ex.user_text})
     else:
         parts: list[dict[str, object]] = [{"type": "image"}, {"type": "text", "text": ex.user_text}]
         out.append({"role": "user", "content": parts if ex.image_first else parts[::-1]})
+    if ex.phase == "after" and ex.problem is not None:
+        arguments = '{"expression": "' + ex.problem.expression + '"}'
+        call = {
+            "id": "call_1",
+            "type": "function",
+            "function": {"name": tr.CALCULATOR, "arguments": arguments},
+        }
+        out.append({"role": "assistant", "content": ex.call_content, "tool_calls": [call]})
+        out.append({"role": "tool", "tool_call_id": "call_1", "content": tr.calculator_result(ex.problem)})
     return out
 
 
 def prompt_text(ex: Example) -> str:
-    """The chat template's rendering, written out directly (fast); a test checks it matches the template."""
+    """The chat template's rendering: written out directly (fast) for a single turn without tools (a
+    test checks it matches the template), else rendered by the template itself."""
+    if ex.history or ex.tools or ex.phase:
+        return _template().render(
+            messages=messages(ex), tools=ex.tools, add_generation_prompt=True, enable_thinking=ex.long
+        )
     text = ""
     if ex.system:
         text += f"{tk.IM_START}system\n{ex.system}{tk.IM_END}\n"
@@ -129,19 +213,41 @@ def prompt_text(ex: Example) -> str:
     return text
 
 
+@lru_cache(maxsize=1)
+def _template() -> Any:
+    from transformers.utils.chat_template_utils import _compile_jinja_template
+
+    return _compile_jinja_template(tk.CHAT_TEMPLATE)
+
+
 def expand_image(text: str) -> str:
     """What the Idefics3 processor does to each <image> placeholder (no image splitting)."""
     return text.replace(tk.IMAGE, tk.FAKE_IMAGE + tk.GLOBAL_IMAGE + tk.IMAGE * IMAGE_SEQ_LEN + tk.FAKE_IMAGE)
 
 
+def reply_trace(ex: Example, rng: random.Random) -> tr.Trace:
+    if ex.problem is None:
+        return tr.ood_trace()
+    if ex.phase == "call":
+        return tr.calling_trace(ex.problem)
+    if ex.phase == "after":
+        return tr.after_tool_trace(ex.problem)
+    return tr.long_trace(ex.problem, rng, ex.slip_rate)
+
+
 def target_segments(ex: Example, rng: random.Random) -> list[tuple[str, float]]:
-    """The reply as (text, loss weight) segments; weight 0 marks a deliberate slip."""
-    trace = pb.ood_trace() if ex.problem is None else pb.long_trace(ex.problem, rng, ex.slip_rate)
+    """The reply as (text, loss weight) segments; weight 0 marks a deliberate slip. The restated
+    problem and the final answer weigh more (copies: see RESTATE_WEIGHT)."""
+    trace = reply_trace(ex, rng)
     if ex.read_only:
         return [(trace.thinking[: trace.thinking.index("\n") + 1], READ_WEIGHT)]
+    restate = READ_WEIGHT if ex.image is not None else RESTATE_WEIGHT
     if not ex.long:
-        short = trace.answer if ex.problem is None else pb.short_answer(ex.problem)
-        return [(short + tk.IM_END, 1.0)]
+        if ex.problem is None:
+            return [(trace.answer + tk.IM_END, 1.0)]
+        short = tr.short_solution(ex.problem)
+        cut = short.index(":")
+        return [(short[:cut], restate), (short[cut:] + tk.IM_END, 1.0)]
     tail = f"{tk.THINK_END}\n\n" + trace.answer + tk.IM_END
     answer_weight = 1.0 if ex.problem is None else ANSWER_WEIGHT
     segs: list[tuple[str, float]] = []
@@ -153,8 +259,8 @@ def target_segments(ex: Example, rng: random.Random) -> list[tuple[str, float]]:
             continue
         piece = thinking[pos:cut]
         weight = 0.0 if (pos, cut) in trace.masked_spans else 1.0
-        if pos == 0 and ex.problem is not None:
-            weight = READ_WEIGHT if ex.image is not None else RESTATE_WEIGHT
+        if pos == 0 and ex.problem is not None and ex.phase != "after":
+            weight = restate
         segs.append((piece, weight))
         pos = cut
     segs.append((tail, answer_weight))
@@ -176,6 +282,6 @@ def corpus(rng: random.Random, n: int) -> list[str]:
     """Text for training the tokenizer: prompts and replies as the model will see them."""
     out = []
     for _ in range(n):
-        ex = make_example(rng, image_rate=0.1, ood_rate=0.1)
+        ex = make_example(rng, image_rate=0.1, ood_rate=0.1, conversation_rate=0.2, tools_rate=0.2)
         out.append(prompt_text(ex) + "".join(t for t, _ in target_segments(ex, rng)))
     return out

@@ -16,6 +16,7 @@ from transformers import Idefics3ForConditionalGeneration, PreTrainedTokenizerFa
 
 from training import examples as E
 from training import problems as pb
+from training import render
 from training import tokenizer as tk
 from training.train import make_pixel_fn
 
@@ -23,7 +24,12 @@ Cell = tuple[str, str, str]  # (mode, kind, split)
 ALL_CELLS: list[Cell] = [
     (m, k, s) for m in ("long", "short") for k in ("text", "image") for s in ("easy", "hard")
 ]
-PROBE_CELLS: list[Cell] = [("long", "text", "hard"), ("long", "image", "hard"), ("short", "text", "easy")]
+PROBE_CELLS: list[Cell] = [
+    ("long", "text", "hard"),
+    ("long", "image", "hard"),
+    ("short", "text", "easy"),
+    ("short", "text", "hard"),
+]
 
 
 @dataclass
@@ -39,18 +45,24 @@ class CellResult:
 
 
 def held_out(cell: Cell, n: int, seed: int) -> list[E.Example]:
+    """A cell's problems: ``kind`` is ``text``, ``image`` (trained font families) or ``font`` (images in
+    the family held out of training, render.HELD_OUT_FAMILY)."""
     mode, kind, split = cell
     rng = random.Random(f"{seed}-{mode}-{kind}-{split}")
-    return [
-        E.make_example(
+    out = []
+    for _ in range(n):
+        ex = E.make_example(
             rng,
             split,
-            image_rate=1.0 if kind == "image" else 0.0,
+            image_rate=0.0 if kind == "text" else 1.0,
             long_rate=1.0 if mode == "long" else 0.0,
             ood_rate=0.0,
         )
-        for _ in range(n)
-    ]
+        if kind == "font" and ex.problem is not None:
+            drawn = pb.image_text(ex.problem, rng)
+            ex.image, ex.layout = render.render_with_layout(drawn, rng, families=(render.HELD_OUT_FAMILY,))
+        out.append(ex)
+    return out
 
 
 EVAL_SEEDS = (7, 99, 2026)  # probes during training, the final in-process table, the gateway evaluation
@@ -76,7 +88,7 @@ def split_reply(text: str) -> tuple[str, str]:
 def is_right(problem: pb.Problem, text: str) -> bool:
     """Whether a reply's answer (after the thinking) ends with the problem's result."""
     _, answer = split_reply(text)
-    return pb.final_integer(answer) == problem.result
+    return pb.grade(problem, answer)
 
 
 @torch.no_grad()
@@ -115,12 +127,13 @@ def generate(
     max_new: int = 500,
     batch: int = 25,
     temperature: float = 0.0,
-) -> list[tuple[str, int]]:
-    """Replies (text without the prompt) and their reasoning-token counts: greedy, or sampled at
+) -> list[tuple[str, int, int]]:
+    """Replies (text without the prompt), their reasoning-token and output-token counts: greedy, or sampled at
     ``temperature``."""
     pixel_fn = make_pixel_fn(tok)
     end_id = tok.convert_tokens_to_ids(tk.THINK_END)
-    out: list[tuple[str, int]] = []
+    im_end = tok.convert_tokens_to_ids(tk.IM_END)
+    out: list[tuple[str, int, int]] = []
     for i in range(0, len(exs), batch):
         chunk = exs[i : i + batch]
         prompts = [tok.encode(E.expand_image(E.prompt_text(ex)), add_special_tokens=False) for ex in chunk]
@@ -132,7 +145,8 @@ def generate(
         for row in reply_ids(model, tok, prompts, max_new, temperature, **kwargs):
             ended = row.index(end_id) if end_id in row else None
             n_reason = ended if ended is not None else 0
-            out.append((tok.decode(row, skip_special_tokens=True), n_reason))
+            n_out = row.index(im_end) + 1 if im_end in row else len(row)
+            out.append((tok.decode(row, skip_special_tokens=True), n_reason, n_out))
     return out
 
 
@@ -157,16 +171,18 @@ def evaluate(
         replies = generate(model, tok, exs, max_new=max_new, temperature=temperature)
         dt = time.monotonic() - t0
         correct = 0
-        tokens = 0
-        for ex, (text, n_reason) in zip(exs, replies, strict=True):
+        tokens = output = 0
+        for ex, (text, n_reason, n_out) in zip(exs, replies, strict=True):
             assert ex.problem is not None
             correct += is_right(ex.problem, text)
             tokens += n_reason
+            output += n_out
         r = CellResult(len(exs), correct, tokens / len(exs), dt / len(exs))
         table["/".join(cell)] = {
             "n": r.n,
             "pass1": r.pass1,
             "reasoning_tokens": r.reasoning_tokens,
+            "output_tokens": output / len(exs),
             "seconds": r.seconds_per_answer,
         }
     model.train(was_training)
@@ -179,14 +195,15 @@ def brief(table: dict[str, dict[str, float]]) -> str:
 
 def format_table(table: dict[str, dict[str, float]]) -> str:
     lines = [
-        "| mode | input | split | n | pass@1 | mean reasoning tokens | s/answer (batched) |",
-        "|---|---|---|---|---|---|---|",
+        "| mode | input | split | n | pass@1 | mean reasoning tokens | mean output tokens "
+        "| s/answer (batched) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for key, v in table.items():
         mode, kind, split = key.split("/")
         lines.append(
             f"| {mode} | {kind} | {split} | {v['n']:.0f} | {v['pass1']:.1%} | "
-            f"{v['reasoning_tokens']:.0f} | {v['seconds']:.2f} |"
+            f"{v['reasoning_tokens']:.0f} | {v.get('output_tokens', 0):.0f} | {v['seconds']:.2f} |"
         )
     return "\n".join(lines)
 
@@ -195,8 +212,6 @@ def main(argv: list[str] | None = None) -> int:
     """Evaluate a checkpoint in process over several seeds' held-out problems (summed)."""
     import argparse
     from pathlib import Path
-
-    from training import render
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("checkpoint", type=Path)
@@ -218,8 +233,14 @@ def main(argv: list[str] | None = None) -> int:
     for seed in map(int, args.seeds.split(",")):
         table = evaluate(model, tok, args.n, seed, cells, samples=args.samples, temperature=args.temperature)
         for key, v in table.items():
-            acc = total.setdefault(key, {"n": 0, "pass1": 0.0, "reasoning_tokens": 0.0, "seconds": 0.0})
-            for field in ("pass1", "reasoning_tokens", "seconds"):  # means, weighted by replies
+            zero = {"n": 0, "pass1": 0.0, "reasoning_tokens": 0.0, "output_tokens": 0.0, "seconds": 0.0}
+            acc = total.setdefault(key, zero)
+            for field in (
+                "pass1",
+                "reasoning_tokens",
+                "output_tokens",
+                "seconds",
+            ):  # means, weighted by replies
                 acc[field] = (acc[field] * acc["n"] + v[field] * v["n"]) / (acc["n"] + v["n"])
             acc["n"] += v["n"]
         print(f"[eval] seed {seed}: {brief(table)}", flush=True)

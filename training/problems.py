@@ -1,29 +1,30 @@
-"""Arithmetic problems, their prompts and the step-by-step traces the model learns to write.
+"""Arithmetic problems: the model's domain, its problems and prompts (text and the forms drawn into
+images), what lies outside it, and how an answer is graded. The traces the model learns to write are in
+``training/traces.py``.
 
-Trace design (why it looks the way it does): a tiny transformer learns column arithmetic far more easily
-when every step is written out with the digits it uses, least significant column first, one column per
-line in a fixed shape ``x+y+c=d,k`` (digit ``d``, carry ``k``). The problem is restated first (for images
-that is the reading step, so the vision tower only has to transcribe), the result is then read back in
-normal order, and a column-wise check (the inverse operation) marks each column ``ok`` or ``bad``.
-Some traces contain a deliberate slip in one column: the check catches it, the column is re-done and
-the result re-checked. The slipped digit is excluded from the loss (see ``Trace.masked_spans``) so the
-model learns to catch slips without learning to make them.
+The domain (second generation): addition and subtraction of integers up to 8 digits, negatives
+included; multiplication of a number up to 4 digits by one up to 3 digits (non-negative); integer
+division with remainder of a number up to 6 digits by one of 1 or 2 digits. Anything else, including
+problems just past those sizes, decimals, other operations, several operations, words and chat, gets
+one fixed refusal (``OOD_REPLY``) that contains no digit, so it can never be mistaken for a result.
 """
 
 from __future__ import annotations
 
 import random
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-OPS = ("+", "-", "*")
-SYMBOL = {"+": "+", "-": "-", "*": "*"}
+OPS = ("+", "-", "*", "/")
+ADD_DIGITS = 8  # addition and subtraction: operands of up to 8 digits (either sign)
+MUL_DIGITS = (4, 3)  # multiplication: up to 4 digits by up to 3 (either order), non-negative
+DIV_DIGITS = (6, 2)  # division: a dividend of up to 6 digits by a divisor of up to 2 (not zero)
 
-# What the model says to anything outside its domain, in both modes (short, fixed style).
+# What the model says to anything outside its domain, in both modes: fixed, and without a digit.
 OOD_REPLY = (
-    "I can only solve integer arithmetic: addition and subtraction of numbers up to 6 digits, "
-    "and multiplication of a number up to 3 digits by a number up to 2 digits. "
-    "Ask me, for example: What is 123 + 456?"
+    "I can only solve integer arithmetic: addition and subtraction of numbers up to eight digits, "
+    "multiplication of up to four digits by up to three, and division with remainder of up to six "
+    "digits by up to two. I cannot answer this."
 )
 OOD_THOUGHT = "This is not an arithmetic problem I can solve."
 
@@ -46,46 +47,69 @@ class Problem:
 
     @property
     def result(self) -> int:
+        """The result; for a division, the quotient (``remainder`` holds the rest)."""
         if self.op == "+":
             return self.a + self.b
         if self.op == "-":
             return self.a - self.b
-        return self.a * self.b
+        if self.op == "*":
+            return self.a * self.b
+        return self.a // self.b
+
+    @property
+    def remainder(self) -> int:
+        return self.a % self.b if self.op == "/" else 0
 
     @property
     def compact(self) -> str:
-        return f"{self.a}{SYMBOL[self.op]}{self.b}"
+        """The problem as the traces restate it: ``-123+45``, ``4821*375``, ``98765/43``."""
+        return f"{self.a}{self.op}{self.b}"
+
+    @property
+    def expression(self) -> str:
+        """What the calculator tool is asked: the compact form."""
+        return self.compact
 
 
-@dataclass
-class Trace:
-    """Thinking text plus character spans (within ``thinking``) to leave out of the loss."""
-
-    thinking: str
-    answer: str
-    masked_spans: list[tuple[int, int]] = field(default_factory=list)
+def _digits_of(n: int) -> int:
+    return len(str(abs(n)))
 
 
-def answer_text(value: int) -> str:
-    return f"The answer is {value}."
+def in_domain(p: Problem) -> bool:
+    if p.op in "+-":
+        return _digits_of(p.a) <= ADD_DIGITS and _digits_of(p.b) <= ADD_DIGITS
+    if p.a < 0 or p.b < 0:
+        return False
+    if p.op == "*":
+        short, long = sorted((_digits_of(p.a), _digits_of(p.b)))
+        return long <= MUL_DIGITS[0] and short <= MUL_DIGITS[1]
+    return p.b > 0 and _digits_of(p.a) <= DIV_DIGITS[0] and _digits_of(p.b) <= DIV_DIGITS[1]
 
 
-def short_answer(p: Problem) -> str:
-    """Short mode's reply. A direct answer, except for a product by a 2-digit number: a direct answer
-    to one is a lookup among thousands of facts, which a tiny model does not learn, so it gets one
-    line of working made only of steps short mode does answer directly (a product by one digit, a
-    2- or 3-digit sum), e.g. ``79*6=474, 79*4=316, 474+31=505, so 5056.`` for 79 × 64: the tens'
-    product plus all but the last digit of the units' product, then that last digit."""
-    if p.op != "*":
-        return answer_text(p.result)
-    x, y = (p.a, p.b) if len(str(p.a)) >= len(str(p.b)) else (p.b, p.a)
-    if y < 10:
-        return answer_text(p.result)
-    tens, units = divmod(y, 10)
-    by_tens, by_units = x * tens, x * units
-    head = by_tens + by_units // 10
-    working = f"{x}*{tens}={by_tens}, {x}*{units}={by_units}, {by_tens}+{by_units // 10}={head}"
-    return f"{working}, so {head}{by_units % 10}.\n" + answer_text(p.result)
+def answer_text(p: Problem) -> str:
+    if p.op == "/":
+        return f"The answer is {p.result} remainder {p.remainder}."
+    return f"The answer is {p.result}."
+
+
+def grade(p: Problem, answer: str) -> bool:
+    """Whether a reply's answer (after the thinking) states the result: its last integer (with its
+    minus sign), or for a division its last two (quotient, remainder)."""
+    found = [int(x) for x in re.findall(r"-?\d+", answer or "")]
+    if p.op == "/":
+        return found[-2:] == [p.result, p.remainder]
+    return bool(found) and found[-1] == p.result
+
+
+def final_integer(text: str) -> int | None:
+    """The last integer in a reply (with its minus sign)."""
+    found = re.findall(r"-?\d+", text or "")
+    return int(found[-1]) if found else None
+
+
+def has_number(text: str) -> bool:
+    """Whether a reply states any number: an out-of-domain prompt must get none."""
+    return re.search(r"\d", text or "") is not None
 
 
 # ---------------------------------------------------------------- sampling
@@ -97,25 +121,65 @@ def _rand_digits(rng: random.Random, n: int) -> int:
     return rng.randint(10 ** (n - 1), 10**n - 1)
 
 
+def _signed(rng: random.Random, n: int, negative_rate: float) -> int:
+    value = _rand_digits(rng, n)
+    return -value if value and rng.random() < negative_rate else value
+
+
+def _product(rng: random.Random, top: int, bottom: int) -> Problem:
+    a, b = _rand_digits(rng, top), _rand_digits(rng, bottom)
+    return Problem(a, "*", b) if rng.random() < 0.7 else Problem(b, "*", a)
+
+
 def sample_problem(rng: random.Random, split: str = "train") -> Problem:
-    """``train`` mixes all sizes (weighted to the long ones); ``easy``/``hard`` are the eval splits."""
+    """``train`` mixes all sizes (weighted to the long ones); ``easy``/``hard`` are the eval splits:
+    easy has operands of at most 2 digits (a division: 2 digits by 1); hard is 8-digit sums and
+    differences, 4 × 3-digit products, 6 ÷ 2-digit divisions."""
     op = rng.choice(OPS)
     if split == "easy":
+        if op == "/":
+            return Problem(_rand_digits(rng, 2), op, rng.randint(1, 9))
         if op == "*":
-            return Problem(_rand_digits(rng, rng.randint(1, 2)), op, _rand_digits(rng, rng.randint(1, 2)))
-        return Problem(_rand_digits(rng, rng.randint(1, 2)), op, _rand_digits(rng, rng.randint(1, 2)))
+            return _product(rng, rng.randint(1, 2), rng.randint(1, 2))
+        return Problem(_signed(rng, rng.randint(1, 2), 0.15), op, _signed(rng, rng.randint(1, 2), 0.15))
     if split == "hard":
+        if op == "/":
+            return Problem(_rand_digits(rng, 6), op, _rand_digits(rng, 2))
         if op == "*":
-            a, b = _rand_digits(rng, 3), _rand_digits(rng, 2)
-            return Problem(a, op, b) if rng.random() < 0.7 else Problem(b, op, a)
-        return Problem(_rand_digits(rng, 6), op, _rand_digits(rng, 6))
+            return _product(rng, 4, 3)
+        return Problem(_signed(rng, 8, 0.2), op, _signed(rng, 8, 0.2))
+    if op == "/":
+        b = rng.randint(1, 9) if rng.random() < 0.3 else _rand_digits(rng, 2)
+        return Problem(_rand_digits(rng, rng.choice((1, 2, 3, 4, 5, 6, 6, 6))), op, b)
     if op == "*":
-        a, b = _rand_digits(rng, rng.choice((1, 2, 3, 3, 3))), _rand_digits(rng, rng.choice((1, 2, 2, 2)))
-        return Problem(a, op, b) if rng.random() < 0.7 else Problem(b, op, a)
-    lengths = (1, 2, 3, 4, 5, 6, 6, 6)
+        return _product(rng, rng.choice((1, 2, 3, 4, 4, 4)), rng.choice((1, 2, 3, 3, 3)))
+    lengths = (1, 2, 3, 4, 5, 6, 7, 8, 8, 8)
     na = rng.choice(lengths)
     nb = na if rng.random() < 0.5 else rng.choice(lengths)
-    return Problem(_rand_digits(rng, na), op, _rand_digits(rng, nb))
+    return Problem(_signed(rng, na, 0.25), op, _signed(rng, nb, 0.25))
+
+
+def out_of_range_problem(rng: random.Random) -> Problem:
+    """A problem just past the domain: one operand a digit or more too long, a negative factor or
+    division, a division by zero."""
+    kind = rng.randrange(6)
+    if kind == 0:
+        a, b = _signed(rng, rng.randint(9, 11), 0.2), _signed(rng, rng.randint(1, 11), 0.2)
+        return Problem(a, rng.choice("+-"), b) if rng.random() < 0.5 else Problem(b, rng.choice("+-"), a)
+    if kind == 1:
+        return _product(rng, rng.randint(5, 7), rng.randint(1, 3))
+    if kind == 2:
+        return (
+            _product(rng, 4, 4) if rng.random() < 0.6 else _product(rng, rng.randint(4, 5), rng.randint(4, 5))
+        )
+    if kind == 3:
+        return Problem(_rand_digits(rng, rng.randint(7, 9)), "/", _rand_digits(rng, rng.randint(1, 2)))
+    if kind == 4:
+        return Problem(_rand_digits(rng, rng.randint(2, 6)), "/", _rand_digits(rng, rng.randint(3, 4)))
+    if rng.random() < 0.5:
+        return Problem(_rand_digits(rng, rng.randint(1, 6)), "/", 0)
+    a, b = -_rand_digits(rng, rng.randint(1, 3)) or -1, _rand_digits(rng, rng.randint(1, 3))
+    return Problem(a, rng.choice("*/"), b) if rng.random() < 0.5 else Problem(b, "*", a)
 
 
 # ---------------------------------------------------------------- prompts
@@ -139,35 +203,53 @@ _TEMPLATES: dict[str, tuple[str, ...]] = {
         "What is {a} minus {b}?",
         "{a}{s}-{s}{b}",
         "Calculate {a}{s}-{s}{b}",
-        "{a}{s}−{s}{b}",
+        "{a}{s}\u2212{s}{b}",
     ),
     "*": (
         "What is {a}{s}*{s}{b}?",
         "Compute {a}{s}*{s}{b}.",
         "{a}{s}*{s}{b}{s}={s}?",
-        "{a}{s}×{s}{b}",
+        "{a}{s}\u00d7{s}{b}",
         "What is {a} times {b}?",
         "{a} times {b}",
-        "What is {a}{s}×{s}{b}?",
+        "What is {a}{s}\u00d7{s}{b}?",
         "{a}{s}x{s}{b}{s}={s}?",
+    ),
+    "/": (
+        "What is {a}{s}/{s}{b}?",
+        "Compute {a}{s}/{s}{b}.",
+        "{a}{s}/{s}{b}{s}={s}?",
+        "{a}{s}\u00f7{s}{b}",
+        "What is {a} divided by {b}?",
+        "{a} divided by {b}",
+        "What is {a}{s}\u00f7{s}{b}?",
+        "Divide {a} by {b}.",
     ),
 }
 
 
+def _operand(n: int, rng: random.Random, first: bool) -> str:
+    """A number as people type it: a negative one after an operator sometimes in parentheses."""
+    if n < 0 and not first and rng.random() < 0.3:
+        return f"({n})"
+    return str(n)
+
+
 def text_prompt(p: Problem, rng: random.Random) -> str:
     template = rng.choice(_TEMPLATES[p.op])
-    text = template.format(a=p.a, b=p.b, s=rng.choice(("", " ", " ", " ")))
+    a, b = _operand(p.a, rng, True), _operand(p.b, rng, False)
+    text = template.format(a=a, b=b, s=rng.choice(("", " ", " ", " ")))
     if rng.random() < 0.05:
         text = text.lower()
     return text
 
 
-# Forms rendered into images: just the expression, sometimes with "= ?". Pillow's default font has no
-# glyph for "×", so images use "x" or "*".
+# Forms drawn into images (real fonts: training/render.py), with the operators people write.
 _IMAGE_FORMS: dict[str, tuple[str, ...]] = {
     "+": ("{a} + {b}", "{a} + {b} = ?", "{a}+{b}", "{a} + {b} ="),
-    "-": ("{a} - {b}", "{a} - {b} = ?", "{a}-{b}", "{a} - {b} ="),
-    "*": ("{a} x {b}", "{a} x {b} = ?", "{a} * {b}", "{a}x{b}", "{a} * {b} ="),
+    "-": ("{a} - {b}", "{a} \u2212 {b} = ?", "{a}-{b}", "{a} \u2212 {b}", "{a} - {b} ="),
+    "*": ("{a} x {b}", "{a} \u00d7 {b} = ?", "{a} * {b}", "{a}\u00d7{b}", "{a} \u00d7 {b}", "{a} * {b} ="),
+    "/": ("{a} \u00f7 {b}", "{a} / {b} = ?", "{a} \u00f7 {b} = ?", "{a}/{b}", "{a} \u00f7 {b} ="),
 }
 
 
@@ -175,15 +257,25 @@ def image_text(p: Problem, rng: random.Random) -> str:
     return rng.choice(_IMAGE_FORMS[p.op]).format(a=p.a, b=p.b)
 
 
-_NUM = re.compile(r"\d+")
+_OPERATOR = {
+    "+": "+", "plus": "+",
+    "-": "-", "\u2212": "-", "minus": "-",
+    "*": "*", "\u00d7": "*", "x": "*", "times": "*",
+    "/": "/", "\u00f7": "/", "divided by": "/",
+}  # fmt: skip
+_PROMPT = re.compile(
+    r"(?:divide\s+)?\(?(-?\d+)\)?\s*"
+    r"(\+|-|\u2212|\*|\u00d7|x|/|\u00f7|plus|minus|times|divided by|by)"
+    r"\s*\(?(-?\d+)\)?"
+)
 
 
 def parse_prompt(text: str) -> Problem | None:
     """Best-effort parse of a text prompt (used by tests and evaluation, not by the model)."""
-    m = re.search(r"(\d+)\s*(\+|-|−|\*|×|x|plus|minus|times)\s*(\d+)", text)
+    m = _PROMPT.search(text.lower())
     if not m:
         return None
-    op = {"plus": "+", "minus": "-", "times": "*", "×": "*", "x": "*", "−": "-"}.get(m.group(2), m.group(2))
+    op = "/" if m.group(2) == "by" else _OPERATOR[m.group(2)]
     return Problem(int(m.group(1)), op, int(m.group(3)))
 
 
@@ -220,8 +312,6 @@ _OOD_PARTS = (
         "what is a prime number",
         "solve world hunger",
         "what is the square root of 2",
-        "divide 10 by 2",
-        "what is 7 / 3",
     ),
     ("", "?", "!", ".", " please", " now"),
 )
@@ -254,7 +344,8 @@ _WORDS = (
 )
 
 
-def ood_prompt(rng: random.Random) -> str:
+def chat_prompt(rng: random.Random) -> str:
+    """A prompt with nothing to calculate: greetings, questions, word salad."""
     r = rng.random()
     if r < 0.6:
         text = rng.choice(_OOD_PARTS[0]) + rng.choice(_OOD_PARTS[1])
@@ -267,220 +358,42 @@ def ood_prompt(rng: random.Random) -> str:
     return text
 
 
-# ---------------------------------------------------------------- traces
+# Prompts with numbers that are still outside the domain (the honest edges): other operations,
+# decimals, several operations, numbers in words, quantities in a sentence.
+_NUMERIC_OOD = (
+    "What is {a}.{c} + {b}?",
+    "{a}.{c} * {b}",
+    "What is {a} % {c}?",
+    "{c}^{d}",
+    "What is {c} to the power of {d}?",
+    "sqrt({a})",
+    "What is the square root of {a}?",
+    "{d}!",
+    "What is {a} + {b} + {c}?",
+    "{a} + {b} * {c}",
+    "{a} - {c} - {d}",
+    "({a} + {b}) * {d}",
+    "What is {d} squared?",
+    "If I have {c} apples and eat {d}, how many are left?",
+    "Is {a} a prime number?",
+    "What is {c}% of {a}?",
+    "Convert {a} km to miles.",
+    "what is log {a}",
+    "{a} mod {c}",
+    "Round {a}.{c} to the nearest ten.",
+)
+_NUMBER_WORDS = ("one", "two", "three", "seven", "twelve", "twenty", "forty-two", "a hundred", "ninety")
 
 
-def _digits(n: int) -> list[int]:
-    """Least significant digit first."""
-    return [int(c) for c in reversed(str(n))]
-
-
-def _from_digits(ds: list[int]) -> int:
-    return int("".join(str(d) for d in reversed(ds))) if ds else 0
-
-
-class _Writer:
-    def __init__(self) -> None:
-        self.text = ""
-        self.masked: list[tuple[int, int]] = []
-
-    def line(self, s: str) -> None:
-        self.text += s + "\n"
-
-    def raw(self, s: str, masked: bool = False) -> None:
-        if masked:
-            self.masked.append((len(self.text), len(self.text) + len(s)))
-        self.text += s
-
-
-def _add_columns(w: _Writer, x: int, y: int, slip: int | None, rng: random.Random) -> list[int]:
-    """Write ``x+y`` column by column; return the written digits (LSB first, possibly with a slip)."""
-    xs, ys = _digits(x), _digits(y)
-    n = max(len(xs), len(ys))
-    carry, out = 0, []
-    for i in range(n + 1):
-        xd = xs[i] if i < len(xs) else 0
-        yd = ys[i] if i < len(ys) else 0
-        if i == n and carry == 0:
-            break
-        s = xd + yd + carry
-        d, k = s % 10, s // 10
-        if slip == i:
-            wrong = (d + rng.randint(1, 9)) % 10
-            w.raw(f"{xd}+{yd}+{carry}=")
-            w.raw(str(wrong), masked=True)
-            w.raw(f",{k}\n")
-            out.append(wrong)
-        else:
-            w.line(f"{xd}+{yd}+{carry}={d},{k}")
-            out.append(d)
-        carry = k
-    return out
-
-
-def _sub_columns(w: _Writer, x: int, y: int, slip: int | None, rng: random.Random) -> list[int]:
-    """Write ``x-y`` (x >= y) column by column with borrows."""
-    xs, ys = _digits(x), _digits(y)
-    borrow, out = 0, []
-    for i in range(len(xs)):
-        yd = ys[i] if i < len(ys) else 0
-        s = xs[i] - yd - borrow
-        d, k = s % 10, 1 if s < 0 else 0
-        if slip == i:
-            wrong = (d + rng.randint(1, 9)) % 10
-            w.raw(f"{xs[i]}-{yd}-{borrow}=")
-            w.raw(str(wrong), masked=True)
-            w.raw(f",{k}\n")
-            out.append(wrong)
-        else:
-            w.line(f"{xs[i]}-{yd}-{borrow}={d},{k}")
-            out.append(d)
-        borrow = k
-    return out
-
-
-def _check_sub(w: _Writer, c_digits: list[int], y: int, expect: int) -> int | None:
-    """Check ``c - y == expect`` column by column; return the first bad column or None."""
-    ys, es = _digits(y), _digits(expect)
-    borrow = 0
-    for i, cd in enumerate(c_digits):
-        yd = ys[i] if i < len(ys) else 0
-        s = cd - yd - borrow
-        d, k = s % 10, 1 if s < 0 else 0
-        ed = es[i] if i < len(es) else 0
-        ok = d == ed
-        w.line(f"{cd}-{yd}-{borrow}={d},{k} {'ok' if ok else 'bad'}")
-        if not ok:
-            return i
-        borrow = k
-    return None
-
-
-def _check_add(w: _Writer, c_digits: list[int], y: int, expect: int) -> int | None:
-    """Check ``c + y == expect`` column by column; return the first bad column or None."""
-    ys, es = _digits(y), _digits(expect)
-    carry = 0
-    for i in range(len(es)):
-        cd = c_digits[i] if i < len(c_digits) else 0
-        yd = ys[i] if i < len(ys) else 0
-        s = cd + yd + carry
-        d, k = s % 10, s // 10
-        ok = d == es[i]
-        w.line(f"{cd}+{yd}+{carry}={d},{k} {'ok' if ok else 'bad'}")
-        if not ok:
-            return i
-        carry = k
-    return None
-
-
-def _strip(ds: list[int]) -> int:
-    return _from_digits(ds)
-
-
-def long_trace(p: Problem, rng: random.Random, slip_rate: float = 0.0) -> Trace:
-    w = _Writer()
-    w.line(p.compact)
-    slip_roll = rng.random() < slip_rate
-    if p.op == "+":
-        ncols = len(str(max(p.a, p.b)))
-        slip = rng.randrange(ncols) if slip_roll else None
-        digits = _add_columns(w, p.a, p.b, slip, rng)
-        w.line(f"={_strip(digits)}")
-        w.line(f"check {_strip(digits)}-{p.b}")
-        bad = _check_sub(w, digits, p.b, p.a)
-        if bad is not None:
-            xs, ys = _digits(p.a), _digits(p.b)
-            carry = (
-                sum(xs[j] * 10**j for j in range(min(bad, len(xs))))
-                + sum(ys[j] * 10**j for j in range(min(bad, len(ys))))
-            ) // 10**bad
-            xd = xs[bad] if bad < len(xs) else 0
-            yd = ys[bad] if bad < len(ys) else 0
-            s = xd + yd + carry
-            w.line(f"redo {xd}+{yd}+{carry}={s % 10},{s // 10}")
-            digits[bad] = s % 10
-            w.line(f"={_strip(digits)}")
-            w.line(f"check {_strip(digits)}-{p.b}")
-            _check_sub(w, digits, p.b, p.a)
-        w.line("checked")
-    elif p.op == "-":
-        neg = p.a < p.b
-        top, bot = (p.b, p.a) if neg else (p.a, p.b)
-        w.line(f"{'neg' if neg else 'pos'} {top}-{bot}")
-        slip = rng.randrange(len(str(top))) if slip_roll else None
-        digits = _sub_columns(w, top, bot, slip, rng)
-        w.line(f"={_strip(digits)}")
-        w.line(f"check {_strip(digits)}+{bot}")
-        bad = _check_add(w, digits, bot, top)
-        if bad is not None:
-            xs, ys = _digits(top), _digits(bot)
-            low = sum(xs[j] * 10**j for j in range(bad)) - sum(
-                ys[j] * 10**j for j in range(min(bad, len(ys)))
-            )
-            borrow = 1 if low < 0 else 0
-            yd = ys[bad] if bad < len(ys) else 0
-            s = xs[bad] - yd - borrow
-            w.line(f"redo {xs[bad]}-{yd}-{borrow}={s % 10},{1 if s < 0 else 0}")
-            digits[bad] = s % 10
-            w.line(f"={_strip(digits)}")
-            w.line(f"check {_strip(digits)}+{bot}")
-            _check_add(w, digits, bot, top)
-        w.line("checked")
-        if neg:
-            w.line(f"=-{_strip(digits)}")
-    else:
-        # Longer number on top; one partial product per digit of the bottom number.
-        top, bot = (p.a, p.b) if len(str(p.a)) >= len(str(p.b)) else (p.b, p.a)
-        if (top, bot) != (p.a, p.b):
-            w.line(f"{top}*{bot}")
-        partials: list[int] = []
-        for j, bd in enumerate(_digits(bot)):
-            carry, out = 0, []
-            for td in _digits(top):
-                s = td * bd + carry
-                w.line(f"{td}*{bd}+{carry}={s % 10},{s // 10}")
-                out.append(s % 10)
-                carry = s // 10
-            if carry:
-                out.append(carry)
-            value = _from_digits(out) * 10**j
-            partials.append(value)
-            w.line(f"p{j + 1}={value}")
-        if len(partials) == 1:
-            total = partials[0]
-            w.line(f"={total}")
-        else:
-            # Two partials at most (bottom has up to 2 digits); the check is total - p1 == p2.
-            slip = rng.randrange(len(str(partials[0] + partials[1]))) if slip_roll else None
-            digits = _add_columns(w, partials[0], partials[1], slip, rng)
-            w.line(f"={_strip(digits)}")
-            w.line(f"check {_strip(digits)}-{partials[0]}")
-            bad = _check_sub(w, digits, partials[0], partials[1])
-            if bad is not None:
-                correct = _digits(partials[0] + partials[1])
-                x0, x1 = _digits(partials[0]), _digits(partials[1])
-                low = sum(x0[j] * 10**j for j in range(min(bad, len(x0)))) + sum(
-                    x1[j] * 10**j for j in range(min(bad, len(x1)))
-                )
-                carry = low // 10**bad
-                xd = x0[bad] if bad < len(x0) else 0
-                yd = x1[bad] if bad < len(x1) else 0
-                s = xd + yd + carry
-                assert s % 10 == correct[bad]
-                w.line(f"redo {xd}+{yd}+{carry}={s % 10},{s // 10}")
-                digits[bad] = s % 10
-                w.line(f"={_strip(digits)}")
-                w.line(f"check {_strip(digits)}-{partials[0]}")
-                _check_sub(w, digits, partials[0], partials[1])
-            w.line("checked")
-    return Trace(thinking=w.text, answer=answer_text(p.result), masked_spans=w.masked)
-
-
-def ood_trace() -> Trace:
-    return Trace(thinking=OOD_THOUGHT + "\n", answer=OOD_REPLY)
-
-
-def final_integer(text: str) -> int | None:
-    """The last integer in a reply (with its minus sign), which is how answers are graded."""
-    found = re.findall(r"-?\d+", text or "")
-    return int(found[-1]) if found else None
+def ood_prompt(rng: random.Random) -> str:
+    """A prompt outside the domain: chat (half), a problem just past its sizes, or other maths."""
+    r = rng.random()
+    if r < 0.45:
+        return chat_prompt(rng)
+    if r < 0.75:
+        return text_prompt(out_of_range_problem(rng), rng)
+    if r < 0.85:
+        x, y = rng.choice(_NUMBER_WORDS), rng.choice(_NUMBER_WORDS)
+        return rng.choice(("What is {} plus {}?", "{} times {}", "What is {} minus {}?")).format(x, y)
+    a, b = _rand_digits(rng, rng.randint(1, 5)), _rand_digits(rng, rng.randint(1, 5))
+    return rng.choice(_NUMERIC_OOD).format(a=a, b=b, c=rng.randint(2, 99), d=rng.randint(2, 9))

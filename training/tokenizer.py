@@ -24,6 +24,10 @@ SPECIAL = [PAD, IM_START, IM_END, IMAGE, FAKE_IMAGE, GLOBAL_IMAGE, END_OF_UTTERA
 # Like Qwen3, <think> and </think> are single added tokens that are NOT skipped when decoding, so the
 # engine's reasoning parser sees them in the text as well as in the ids.
 THINK_TOKENS = [THINK_START, THINK_END]
+# The Hermes/Qwen3 tool-call markers: single tokens too (vLLM's `hermes` parser reads them as text).
+TOOL_CALL_START, TOOL_CALL_END = "<tool_call>", "</tool_call>"
+TOOL_RESPONSE_START, TOOL_RESPONSE_END = "<tool_response>", "</tool_response>"
+TOOL_TOKENS = [TOOL_CALL_START, TOOL_CALL_END, TOOL_RESPONSE_START, TOOL_RESPONSE_END]
 VOCAB_SIZE = 640
 
 # Qwen3 convention: thinking is on unless enable_thinking is false; then the generation prompt carries an
@@ -95,7 +99,7 @@ def train_tokenizer(corpus: Iterable[str]) -> Tokenizer:
         show_progress=False,
     )
     tok.train_from_iterator(corpus, trainer=trainer)
-    tok.add_tokens([AddedToken(t, normalized=False, special=False) for t in THINK_TOKENS])
+    tok.add_tokens([AddedToken(t, normalized=False, special=False) for t in (*THINK_TOKENS, *TOOL_TOKENS)])
     return tok
 
 

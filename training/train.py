@@ -32,6 +32,7 @@ from training.render import Layout
 _Item = tuple[list[int], list[float], Image.Image | None, Layout | None]  # one encoded example
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[Image.Image], torch.Tensor | None]
 KINDS = ("mixed", "vision", "joint", "drill")
+WARMUP_STEPS_PER_S = 2.0  # a stage with a step budget warms up over warmup_s * this many steps
 LM_KINDS = ("mixed", "drill")  # stages with the language model's loss alone (no reading head)
 READING_KINDS = ("vision", "joint")  # stages that train the reading head
 
@@ -39,6 +40,10 @@ READING_KINDS = ("vision", "joint")  # stages that train the reading head
 @dataclass
 class TrainSettings:
     minutes: float = 55.0
+    # A step budget (0: none). With one, the stage ends after this many optimizer steps and the learning
+    # rate follows the steps, so the stage is the same on a busy machine as on an idle one (only slower);
+    # ``minutes`` then only caps it.
+    steps: int = 0
     batch: int = 24
     lr: float = 1e-3
     warmup_s: float = 120.0
@@ -50,6 +55,9 @@ class TrainSettings:
     short_image_rate: float = 0.1
     long_rate: float = 0.5
     short_easy_rate: float = 0.5
+    conversation_rate: float = 0.2  # examples with 1-3 earlier turns (answer the last question)
+    tools_rate: float = 0.15  # examples offering tools (the calculator, mostly)
+    ood_rate: float = 0.08  # out-of-domain prompts (the fixed refusal)
     pool: int = 8  # batches generated at once, then sorted by length to cut padding
     bf16: bool = True  # autocast matmuls to bfloat16 (about 1.5x faster on CPU)
     # What a stage trains. "mixed": the language model's loss on both modes and both input kinds.
@@ -104,6 +112,9 @@ def batches(
                     long_rate=s.long_rate,
                     short_easy_rate=s.short_easy_rate,
                     short_image_rate=s.short_image_rate,
+                    conversation_rate=s.conversation_rate,
+                    tools_rate=s.tools_rate,
+                    ood_rate=s.ood_rate,
                     exclude=exclude,
                 )
             ids, w = E.encode(ex, tok, rng)
@@ -168,11 +179,16 @@ def loss_fn(
     return (nll * w.reshape(-1)).sum() / w.sum().clamp(min=1.0)
 
 
-def lr_at(s: TrainSettings, elapsed: float) -> float:
-    budget = s.minutes * 60
-    if elapsed < s.warmup_s:
-        return s.lr * max(elapsed / s.warmup_s, 0.02)
-    frac = min((elapsed - s.warmup_s) / max(budget - s.warmup_s, 1.0), 1.0)
+def lr_at(s: TrainSettings, elapsed: float, step: int = 0) -> float:
+    """Warm-up, then cosine decay to ``min_lr_frac``: over the step budget when the stage has one (the
+    warm-up then lasts ``warmup_s`` worth of steps at ``WARMUP_STEPS_PER_S``), else over the minutes."""
+    if s.steps:
+        elapsed, budget, warmup = float(step), float(s.steps), s.warmup_s * WARMUP_STEPS_PER_S
+    else:
+        budget, warmup = s.minutes * 60, s.warmup_s
+    if elapsed < warmup:
+        return s.lr * max(elapsed / warmup, 0.02)
+    frac = min((elapsed - warmup) / max(budget - warmup, 1.0), 1.0)
     return s.lr * (s.min_lr_frac + (1 - s.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * frac)))
 
 
@@ -275,9 +291,9 @@ def train(
     stream = image_batches(s, rng, exclude) if s.kind == "vision" else batches(tok, s, rng, exclude)
     for ids, weights, attn, images, labels in stream:
         elapsed = clock.elapsed()
-        if elapsed >= budget:
+        if elapsed >= budget or (s.steps and step >= s.steps):
             break
-        lr = lr_at(s, elapsed)
+        lr = lr_at(s, elapsed, step)
         for g in opt.param_groups:
             g["lr"] = lr * g["lr_mult"]
         pixels = pixel_fn(images) if images else None

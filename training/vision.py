@@ -28,29 +28,29 @@ import torch
 import torch.nn.functional as F
 from transformers import Idefics3ForConditionalGeneration
 
-from app.profiles.thinkgate_arith import glyphs_of
-from training import modelcfg as mc
+from app.profiles.thinkgate_arith import CELL, GRID, IMAGE_SIDE, glyphs_of
 from training import render
-from training.render import Layout, char_centres
+from training.render import Layout, canonical
 
-CHARS = "0123456789+-x*=?"
+# The reading classes: a drawn operator's class is its canonical form (training/render.py: ``×`` and
+# ``x`` read as ``*``, ``÷`` as ``/``, ``−`` as ``-``), the form the language model restates it in.
+CHARS = "0123456789+-*/=?"
 BLANK = len(CHARS)  # an empty slot
 SLOTS = 5  # the most characters one cell can hold at the smallest font
-GRID = mc.IMAGE_SIDE // (mc.PATCH * mc.SCALE)  # image tokens per side
-CELL = mc.IMAGE_SIDE / GRID  # pixels per token side in the squared image
 
 
 def cell_labels(layout: Layout) -> np.ndarray:
     """(GRID, GRID, SLOTS) class ids: each cell's characters left to right, then blanks."""
     labels = np.full((GRID, GRID, SLOTS), BLANK, dtype=np.int64)
     if render.NORMALISED:  # one glyph per cell, in reading order (app/profiles/thinkgate_arith.py)
-        for k, char in enumerate(glyphs_of(layout.text)[: GRID * GRID]):
+        for k, char in enumerate(glyphs_of(canonical(layout.text))[: GRID * GRID]):
             if char in CHARS:
                 labels[k // GRID, k % GRID, 0] = CHARS.index(char)
         return labels
     filled = np.zeros((GRID, GRID), dtype=np.int64)
-    sx, sy = mc.IMAGE_SIDE / layout.width, mc.IMAGE_SIDE / layout.height  # the processor squares the image
-    for char, x, y in char_centres(layout):
+    sx, sy = IMAGE_SIDE / layout.width, IMAGE_SIDE / layout.height  # the processor squares the image
+    for drawn, x, y in layout.centres:
+        char = canonical(drawn)
         if char not in CHARS:
             continue
         row, col = min(int(y * sy // CELL), GRID - 1), min(int(x * sx // CELL), GRID - 1)
@@ -62,7 +62,8 @@ def cell_labels(layout: Layout) -> np.ndarray:
 
 def reading_head(model: Idefics3ForConditionalGeneration) -> torch.nn.Linear:
     """The training-only head: image token → SLOTS character classes."""
-    return torch.nn.Linear(model.config.text_config.hidden_size, SLOTS * (len(CHARS) + 1))
+    hidden: int = model.config.get_text_config().hidden_size
+    return torch.nn.Linear(hidden, SLOTS * (len(CHARS) + 1))
 
 
 def vision_parameters(model: Idefics3ForConditionalGeneration) -> list[torch.nn.Parameter]:

@@ -4,6 +4,10 @@ Used only when a request says nothing about reasoning. `text` is the last user m
 rules run in this order and the first that fires decides (the reason is what `RouteDecision.reason`
 says):
 
+ 0. a chat UI's background task is short: Open WebUI asks the chat's model for a title, tags,
+    follow-up questions, search queries or an autocompletion around each turn, quoting the chat
+    (which may hold maths or code) in a `<chat_history>` block after a `### Task:` heading, and for
+    an emoji in voice calls ("ui background task");
  1. nothing to read: an image alone takes the mode its profile says (`image_alone`: the bundled
     model is an arithmetic model and its images are worksheets, so long; short elsewhere) ("image
     without a prompt"); empty text is "empty";
@@ -89,6 +93,15 @@ _UNITS = (
     r"bytes?|kb|mb|gb|tb|acres?|hectares?|square \w+"
 )
 
+# --- 0. chat UIs' background tasks ------------------------------------------------------------------
+# Open WebUI's default task templates (its config.py, DEFAULT_*_PROMPT_TEMPLATE) open with "### Task:"
+# and quote the chat in <chat_history> within their first ~1,700 characters; its emoji task opens
+# with the sentence below.
+_UI_TASK = _rx(
+    r"^### task:[\s\S]{0,3000}?<chat_history>|"
+    r"^your task is to reflect the speaker's likely facial expression through a fitting emoji"
+)
+
 # --- 2. code ---------------------------------------------------------------------------------------
 _CODE_SYNTAX = _rx(
     r"```|\bdef \w+\s*\(|\bfunction\s*\w*\s*\([^)\n]{0,80}\)\s*\{|=>|#include\s*<|"
@@ -138,6 +151,7 @@ _WRITE_PROSE = _rx(
 _IMAGE_PROBLEM = _rx(
     r"\b(?:solve|solution|answer|compute|calculate|check my (?:working|work|answer)|homework|"
     r"worksheet|equation|problem|exercise|question \d|total|sum|math|maths|arithmetic|how many|value of|find|"
+    r"comes? to|"
     r"diagram|graph|fractions?)\b"
 )
 
@@ -255,6 +269,8 @@ def route(text: str, *, has_image: bool = False, image_alone: Mode = "short") ->
             return RouteDecision(image_alone, "image without a prompt")
         return _short("empty")
     low = view.lower()
+    if _UI_TASK.match(low):
+        return _short("ui background task")
     if _CODE_SYNTAX.search(view) or _SQL.search(view) or _CODE_TASK.search(low):
         return _long("code")
     opening = low[:_OPENING_CHARS]

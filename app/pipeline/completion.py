@@ -9,6 +9,7 @@ Every turn that gets past the model check ends in exactly one usage record: refu
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import logging
 import time
@@ -21,6 +22,7 @@ from app.core.errors import APIError, IdempotencyConflict, InvalidRequest, RateL
 from app.engine.sse import EngineFailure
 from app.metering.ledger import OpenRequest, Outcome
 from app.metering.prices import TokenCounts, billed_prices, cost_micros, worst_case_micros
+from app.pipeline.escalate import EscalatingRun, escalation_threshold
 from app.pipeline.gateway import Gateway
 from app.pipeline.modes import ModeDecision, split_model_suffix
 from app.pipeline.prepare import (
@@ -67,7 +69,7 @@ class Completion:
         self.model = turn.model  # the served model id once `start` has checked it
         self.prepared: PreparedChat | None = None
         self.handle: OpenRequest | None = None
-        self.run: ChatRun | None = None
+        self.run: ChatRun | EscalatingRun | None = None
         self.status = "engine_error"
         self.error: str | None = None
         self.failure: APIError | None = None  # why the engine broke off, in the client's words
@@ -167,6 +169,8 @@ class Completion:
         if not gateway.settings.metering:
             return
         prices = billed_prices(prepared.profile, decision.mode)
+        # Auto mode's escalation may run the prompt twice (pipeline/escalate.py).
+        attempts = 1 if escalation_threshold(prepared, self.principal) is None else 2
         try:
             self.handle = await gateway.ledger.open(
                 self.principal,
@@ -175,7 +179,9 @@ class Completion:
                 mode=decision.mode,
                 mode_source=decision.source,
                 effort=decision.effort,
-                reserve_micros=worst_case_micros(prices, prepared.prompt_bound, prepared.output_bound),
+                reserve_micros=worst_case_micros(
+                    prices, prepared.prompt_bound * attempts, prepared.output_bound
+                ),
                 api=self.api,
                 idempotency_key=self.idempotency_key,
                 request_hash=self.fingerprint if self.idempotency_key else None,
@@ -191,15 +197,17 @@ class Completion:
 
     async def _connect(self, prepared: PreparedChat) -> None:
         gateway = self.gateway
-        self.run = ChatRun(
-            prepared,
-            gateway.pool,
-            gateway.client,
+        new_run = functools.partial(
+            ChatRun,
+            pool=gateway.pool,
+            client=gateway.client,
             direct=gateway.engine_transport,
             affinity=affinity(self.principal, self.turn) if gateway.settings.affinity else None,
             keep_text=self.keep_text,
             counts_per_chunk=self.counts_per_chunk,
         )
+        threshold = escalation_threshold(prepared, self.principal)
+        self.run = new_run(prepared) if threshold is None else EscalatingRun(prepared, threshold, new_run)
         gateway.metrics.in_flight.inc()
         try:
             await self.run.start()
@@ -233,7 +241,10 @@ class Completion:
 
     @property
     def decision(self) -> ModeDecision:
+        """The mode the answer is given in, and why (what the doors report)."""
         assert self.prepared is not None
+        if isinstance(self.run, EscalatingRun):
+            return self.run.decision  # auto mode's escalation: the short answer or the long one
         return self.prepared.decision
 
     @property

@@ -7,7 +7,9 @@ reads `reasoning_mode`, the suffix, `reasoning_effort`, OpenRouter's `reasoning{
 Moonshot's `thinking{}`, and `chat_template_kwargs.enable_thinking / .thinking`. On every door, the
 pipeline adds Qwen3's soft switches, `/think` or `/no_think` at the end of the last user message
 (`soft_switch_signal`). Two explicit signals that disagree are a 400 naming both fields. No signal:
-the auto router.
+the auto router; when it picks long mode on a profile with `[router] escalate_below`, the turn is
+answered short first and escalated to long only when that answer is unsure (`escalate_below`,
+`pipeline/escalate.py`).
 """
 
 from __future__ import annotations
@@ -31,6 +33,9 @@ class ModeDecision:
     effort: str | None = None
     thinking_budget: int | None = None  # cap on reasoning tokens; None = bounded only by max tokens
     include_reasoning: bool = True
+    # Auto mode's escalation: answer short first, and long when the short answer's confidence (its
+    # lowest token log-probability) is below this; None: answer in `mode` straight away.
+    escalate_below: float | None = None
 
 
 def split_model_suffix(model: str) -> tuple[str, Mode | None]:
@@ -110,6 +115,17 @@ def _single(signals: list[Signal], attribute: str) -> int | str | None:
     return getattr(found, attribute) if found else None
 
 
+def _escalates(turn: Turn, profile: ModelProfile) -> bool:
+    """Whether auto mode's long decision is tried short first: the profile asks for it, switches
+    thinking off by its template (not an always-thinking model) and the turn wants one plain answer."""
+    return (
+        profile.escalate_below is not None
+        and not profile.always_thinks
+        and turn.n == 1
+        and not turn.sampling.get("tools")
+    )
+
+
 def resolve_mode(turn: Turn, profile: ModelProfile) -> ModeDecision:
     """One decision from every signal of the turn: explicit signals must agree (else a 400 naming
     both fields); none at all leaves it to the auto router."""
@@ -127,6 +143,10 @@ def resolve_mode(turn: Turn, profile: ModelProfile) -> ModeDecision:
         text, has_image = turn.last_user_text()
         routed = route(text, has_image=has_image, image_alone=profile.image_alone)
         mode, source, reason = routed.mode, "auto", f"auto: {routed.reason}"
+        if mode == "long" and _escalates(turn, profile):
+            return ModeDecision(
+                "long", source, reason, include_reasoning=include, escalate_below=profile.escalate_below
+            )
     else:
         source = next(s.field for s in signals if s.mode is not None)
         reason = f"explicit: {source}"

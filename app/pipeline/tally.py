@@ -20,11 +20,14 @@ MAX_TOKEN_COUNT = 2**31 - 1  # the ledger's token columns (32-bit on PostgreSQL)
 
 class Tally:
     """The token counts of one request, across the engine streams it takes (a thinking-budget
-    continuation is a second stream: its counters start from zero, its prompt is not the client's)."""
+    continuation is a second stream: its counters start from zero, its prompt is not the client's).
+    `carried`: the counts of an earlier attempt of the same request (auto mode's short answer, when
+    it was escalated), included in `counts`."""
 
     __slots__ = (
         "answer_tokens",
         "cached_tokens",
+        "carried",
         "count_prompt",
         "engine_reasoning",
         "held",
@@ -46,6 +49,7 @@ class Tally:
         self.engine_reasoning: dict[int | None, int] = {}
         # The latest cumulative usage not yet counted, its choice, and whether its tokens were reasoning.
         self.held: tuple[dict[str, Any], int | None, bool] | None = None
+        self.carried = TokenCounts()
 
     def hold(self, usage: dict[str, Any], index: int | None, phase_is_reasoning: bool) -> None:
         """Keep the engine's cumulative usage of a chunk of choice `index` (None: the final sum)."""
@@ -80,12 +84,13 @@ class Tally:
             total = reasoning + answer
             reasoning = min(sum(self.engine_reasoning.values()), total)
             answer = total - reasoning
+        carried = self.carried
         return TokenCounts(
-            prompt=self.prompt_tokens,
-            image=min(self.prompt_tokens, image_bound),
-            cached=self.cached_tokens,
-            reasoning=reasoning,
-            answer=answer,
+            prompt=carried.prompt + self.prompt_tokens,
+            image=carried.image + min(self.prompt_tokens, image_bound),
+            cached=carried.cached + self.cached_tokens,
+            reasoning=carried.reasoning + reasoning,
+            answer=carried.answer + answer,
         )
 
     def _count(self, usage: dict[str, Any], index: int | None, phase_is_reasoning: bool) -> None:

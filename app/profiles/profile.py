@@ -72,6 +72,9 @@ class ModelProfile:
     image_layout: str = AS_IS  # a registered image step (steps.py), e.g. the bundled model's "glyph-grid"
     tokens_per_image: int = 2048  # upper bound of prompt tokens one image becomes
     image_alone: Mode = "short"  # the auto router's mode for an image sent without a word
+    # `[router] escalate_below`: the auto router's long decisions are answered short first, and long
+    # only when the short answer's lowest token log-probability is below this (pipeline/escalate.py).
+    escalate_below: float | None = None
     checkpoint: str | None = None
     think_start: str = "<think>"
     think_end: str = "</think>"
@@ -149,6 +152,19 @@ def _mode(value: object, where: str) -> Mode:
     return value
 
 
+def _escalate_below(data: Mapping[str, Any], where: str) -> float | None:
+    """`[router] escalate_below`: a log-probability (at most 0), or absent."""
+    table = data.get("router", {})
+    if not isinstance(table, dict) or set(table) - {"escalate_below"}:
+        raise ProfileError(f"{where}: [router] takes only escalate_below")
+    value = table.get("escalate_below")
+    if value is None:
+        return None
+    if not isinstance(value, int | float) or isinstance(value, bool) or not value <= 0:
+        raise ProfileError(f"{where}: router.escalate_below is a log-probability (a number <= 0)")
+    return float(value)
+
+
 def _image_layout(value: object, where: str) -> str:
     known = image_layouts()
     if not isinstance(value, str) or value not in known:
@@ -186,6 +202,7 @@ def parse_profile(data: Mapping[str, Any], source: Path | None = None) -> ModelP
         image_layout=_image_layout(data.get("image_layout", AS_IS), where),
         tokens_per_image=int(data.get("tokens_per_image", 2048)),
         image_alone=_mode(data.get("image_alone", "short"), f"{where}: image_alone"),
+        escalate_below=_escalate_below(data, where),
         checkpoint=data.get("checkpoint"),
         think_start=str(thinking.get("start", "<think>")),
         think_end=str(thinking.get("end", "</think>")),

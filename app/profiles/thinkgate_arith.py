@@ -1,22 +1,26 @@
 """The bundled model's own rules (models/profiles/thinkgate-arith.toml): its image geometry and the
 glyph-grid image layout, a line of text redrawn one glyph per image token, in reading order.
 
-A model whose vision tower sees a 256-pixel square as an 8×8 grid of tokens (the bundled
-thinkgate-arith) cannot reliably read a problem drawn at any size and place: a character can fall
-anywhere in the grid, several to a token. This step removes that variation before the engine sees
-the image. It crops to the ink, splits the line into glyphs at blank columns (a glyph over 1.6 times
-the usual width, two that touch, is cut at its thinnest column), and draws the k-th glyph, scaled to
-one line height, centred in the k-th 32×32 cell in reading order. Token k then holds character k.
+A vision tower that sees a 256-pixel square as 8×8 tokens (the bundled thinkgate-arith) cannot reliably
+read a problem drawn at any size, place, font and slant. This step removes that variation: it separates
+ink from paper (a threshold that adapts to the image; light text on dark paper is inverted), finds the
+ink's connected parts, levels a slanted line and keeps what sits on it: touching glyphs are cut apart,
+parts one above the other are one glyph (``=``, ``÷``), a glyph broken by thresholding is joined again,
+specks of dust, noise or JPEG ringing are dropped. Glyph k, scaled to one line height, is drawn centred
+in the k-th 32×32 cell, so token k holds character k. About 1 ms for a 256-pixel image.
 
-The profile asks for it with ``image_layout = "glyph-grid"``, the name it is registered under
-(app/profiles/steps.py); the gateway applies it to every image after the usual checks
-(app/pipeline/media.py). Training takes the geometry from here and draws its images through the same
-function (training/modelcfg.py, training/render.py), so the model sees exactly what the gateway sends.
-
-Light text on a dark background is inverted first, and transparency is flattened onto white.
+The profile asks for it with ``image_layout = "glyph-grid"`` (app/profiles/steps.py); the gateway
+applies it to every image after the usual checks (app/pipeline/media.py). Training draws its images
+through the same function (training/render.py), so the model sees exactly what the gateway sends.
 """
 
 from __future__ import annotations
+
+import itertools
+import math
+import re
+import statistics
+from dataclasses import dataclass
 
 from PIL import Image, ImageOps
 
@@ -28,8 +32,58 @@ SCALE = 2  # pixel shuffle: (256/16)^2 / 2^2 = 64 image tokens
 CELL = PATCH * SCALE  # pixels per image token side
 GRID = IMAGE_SIDE // CELL  # image tokens per side
 LINE_HEIGHT = 24  # a glyph's line height inside its cell
-INK = 90  # grey levels below this are ink (the training backgrounds are 200 or lighter)
-_PAPER = [0] * INK + [255] * (256 - INK)  # grey level -> 0 for ink, 255 for everything else
+MIN_CONTRAST = 48  # ink and paper whose mean grey levels are closer than this: nothing is written
+MAX_SLANT = 8.0  # degrees: a steeper line is not a slanted line of text, and is left as it is
+MIN_DRIFT = 1.5  # pixels: a line whose centre drifts less than this from end to end is left as it is
+MAX_RUNS = 5_000  # runs of ink to find glyphs in (each costs microseconds): more, and it is read at half size
+_INK_RUN = re.compile(rb"[^\x00]+")  # a run of ink in a row of the binary image (ink 255, paper 0)
+
+Run = tuple[int, int, int]  # row, first column, end column (exclusive)
+
+
+@dataclass(slots=True)
+class _Blob:
+    """Connected ink (8-neighbourhood), or several such parts taken as one glyph; bounds exclusive."""
+
+    left: int
+    top: int
+    right: int
+    bottom: int
+    runs: list[Run]
+
+    @classmethod
+    def of(cls, runs: list[Run]) -> _Blob:
+        rows = [run[0] for run in runs]
+        return cls(min(run[1] for run in runs), min(rows), max(run[2] for run in runs), max(rows) + 1, runs)
+
+    @property
+    def width(self) -> int:
+        return self.right - self.left
+
+    @property
+    def height(self) -> int:
+        return self.bottom - self.top
+
+    def columns_shared(self, other: _Blob) -> int:  # below 0: how many lie between them
+        return min(self.right, other.right) - max(self.left, other.left)
+
+    def rows_shared(self, other: _Blob) -> int:
+        return min(self.bottom, other.bottom) - max(self.top, other.top)
+
+    def span(self, other: _Blob) -> int:  # the width of the two together
+        return max(self.right, other.right) - min(self.left, other.left)
+
+    def columns(self) -> list[list[int]]:  # the rows holding ink, column by column
+        out: list[list[int]] = [[] for _ in range(self.width)]
+        for row, start, end in self.runs:
+            for x in range(start - self.left, end - self.left):
+                out[x].append(row)
+        return out
+
+    def join(self, other: _Blob) -> None:
+        self.left, self.top = min(self.left, other.left), min(self.top, other.top)
+        self.right, self.bottom = max(self.right, other.right), max(self.bottom, other.bottom)
+        self.runs.extend(other.runs)
 
 
 @register_image_layout("glyph-grid")
@@ -40,27 +94,28 @@ def glyph_grid_layout(image: Image.Image) -> Image.Image:
 def glyph_grid(image: Image.Image) -> tuple[Image.Image, int]:
     """The image redrawn with its glyphs one per cell (RGB, IMAGE_SIDE × IMAGE_SIDE), and how many
     glyphs it found (only the first GRID × GRID are drawn)."""
-    paper = _grey(image).point(_PAPER)
-    out = Image.new("L", (IMAGE_SIDE, IMAGE_SIDE), 255)
-    inked = ImageOps.invert(paper).getbbox()
-    if inked is None:
-        return out.convert("RGB"), 0
-    top, bottom = inked[1], inked[3]
-    height = bottom - top
-    # The line's columns as rows of bytes: counting a column's ink is one bytes.count in C.
-    columns = paper.crop((0, top, paper.width, bottom)).transpose(Image.Transpose.TRANSPOSE).tobytes()
-    counts = [columns[x * height : (x + 1) * height].count(0) for x in range(paper.width)]
-    glyphs = _split_wide(_runs(counts), counts)
-    scale = LINE_HEIGHT / height
-    glyph_height = max(1, round(height * scale))
-    for k, (left, right) in enumerate(glyphs[: GRID * GRID]):
-        width = max(1, min(CELL - 2, round((right - left) * scale)))
-        glyph = paper.crop((left, top, right, bottom)).resize(
-            (width, glyph_height), Image.Resampling.BILINEAR
-        )
-        x, y = (k % GRID) * CELL, (k // GRID) * CELL
-        out.paste(glyph, (x + (CELL - width) // 2, y + (CELL - glyph_height) // 2))
-    return out.convert("RGB"), len(glyphs)
+    blank = Image.new("RGB", (IMAGE_SIDE, IMAGE_SIDE), "white")
+    found = _grey(image)
+    if found is None:
+        return blank, 0
+    grey, level = found
+    ink = grey.point([255] * level + [0] * (256 - level))  # ink 255, paper 0
+    ink = ink.crop(ink.getbbox())  # the rest is paper: work on the inked box alone (there is ink)
+    if (
+        ink.tobytes().count(b"\x00\xff") > MAX_RUNS
+    ):  # dithering or a photo, or text big enough to read at half
+        return glyph_grid(grey.reduce(2))
+    blobs = _blobs(ink)
+    if slope := _slope(blobs):
+        ink = _levelled(ink, slope)
+        blobs = _blobs(ink)
+    glyphs, dropped = _line(blobs)
+    if not glyphs:
+        return blank, 0
+    for blob in dropped:  # specks and ink off the line: gone before the glyphs are cut out
+        for row, start, end in blob.runs:
+            ink.paste(0, (start, row, end, row + 1))
+    return _drawn(ink, glyphs).convert("RGB"), len(glyphs)
 
 
 def glyphs_of(text: str) -> list[str]:
@@ -68,58 +123,278 @@ def glyphs_of(text: str) -> list[str]:
     return [char for char in text if not char.isspace()]
 
 
-def _grey(image: Image.Image) -> Image.Image:
-    """Grey levels with dark ink on a light background, whatever the source's polarity and alpha."""
+def _drawn(ink: Image.Image, glyphs: list[_Blob]) -> Image.Image:
+    """The glyph grid: glyph k in black on white, its part of the line's full height scaled to
+    LINE_HEIGHT (so a dash stays at mid-height), centred in cell k."""
+    out = Image.new("L", (IMAGE_SIDE, IMAGE_SIDE), 255)
+    top, bottom = min(glyph.top for glyph in glyphs), max(glyph.bottom for glyph in glyphs)
+    scale = LINE_HEIGHT / (bottom - top)
+    for k, glyph in enumerate(glyphs[: GRID * GRID]):
+        crop = ink.crop((glyph.left, top, glyph.right, bottom))
+        for other in glyphs[max(0, k - 2) : k + 3]:  # a neighbour reaching into these columns
+            if other is not glyph and other.columns_shared(glyph) > 0:
+                for row, start, end in other.runs:
+                    crop.paste(0, (start - glyph.left, row - top, end - glyph.left, row - top + 1))
+        width = max(1, min(CELL - 2, round(glyph.width * scale)))
+        shape = crop.resize((width, LINE_HEIGHT), Image.Resampling.BILINEAR)
+        x, y = (k % GRID) * CELL + (CELL - width) // 2, (k // GRID) * CELL + (CELL - LINE_HEIGHT) // 2
+        out.paste(0, (x, y, x + width, y + LINE_HEIGHT), shape)
+    return out
+
+
+def _grey(image: Image.Image) -> tuple[Image.Image, int] | None:
+    """Grey levels with dark ink on light paper, whatever the source's polarity and alpha, and the
+    level below which a pixel is ink; None for an image with no ink on it (a single tone, or noise)."""
     if image.has_transparency_data:
-        flat = Image.new("RGBA", image.size, (255, 255, 255, 255))
-        flat.alpha_composite(image.convert("RGBA"))
-        image = flat
+        image = Image.alpha_composite(Image.new("RGBA", image.size, "white"), image.convert("RGBA"))
     grey = image.convert("L")
-    if _median(grey.histogram(), grey.width * grey.height) < 128:  # light text on a dark background
-        grey = ImageOps.invert(grey)
-    return grey
+    histogram = grey.histogram()
+    total = grey.width * grey.height
+    median = _median(histogram, total)
+    # The ink is on the side whose extreme lies further from the paper (the median); a pixel in a
+    # thousand is ignored as an outlier, and small text on a large image still counts.
+    darkest, lightest = _nth_level(histogram, total // 1000), _nth_level(histogram, total - 1 - total // 1000)
+    if lightest - median > median - darkest:  # light text on dark paper
+        grey, histogram = ImageOps.invert(grey), histogram[::-1]
+    level = _ink_level(histogram)
+    return None if level is None else (grey, level)
+
+
+def _ink_level(histogram: list[int]) -> int | None:
+    """The grey level below which a pixel is ink: halfway between the mean levels of ink and paper,
+    as Otsu's method splits them. When the ink is a small part of the image, that split may fall
+    inside the paper's noise (classes closer than MIN_CONTRAST); the ink is then looked for below it."""
+    top = len(histogram)
+    while (split := _otsu(histogram[:top])) is not None:
+        level, dark = split
+        paper = histogram[level:]
+        light = sum(i * count for i, count in enumerate(paper, start=level)) / sum(paper)
+        if light - dark >= MIN_CONTRAST:
+            return math.ceil((dark + light) / 2)
+        top = level
+    return None
+
+
+def _otsu(histogram: list[int]) -> tuple[int, float] | None:
+    """Otsu's threshold, the grey level that splits the pixels into the two classes furthest apart
+    (dark: below it), and the dark class's mean level; None for pixels all of one level."""
+    counts = list(itertools.accumulate(histogram))
+    moments = list(itertools.accumulate(level * count for level, count in enumerate(histogram)))
+    total, moment = counts[-1], moments[-1]
+    splits = [
+        (n * (total - n) * ((moment - m) / (total - n) - m / n) ** 2, -level, m / n)
+        for level, (n, m) in enumerate(zip(counts, moments, strict=True), start=1)
+        if 0 < n < total
+    ]
+    return (-max(splits)[1], max(splits)[2]) if splits else None
+
+
+def _nth_level(histogram: list[int], n: int) -> int:
+    """The grey level of the n-th darkest pixel (from 0)."""
+    return next(level for level, seen in enumerate(itertools.accumulate(histogram)) if seen > n)
 
 
 def _median(histogram: list[int], total: int) -> float:
     """The median grey level (the mean of the two middle ones when `total` is even)."""
-    middle = ((total - 1) // 2, total // 2)
-    found: list[int] = []
-    seen = 0
-    for level, count in enumerate(histogram):
-        seen += count
-        while len(found) < 2 and seen > middle[len(found)]:
-            found.append(level)
-        if len(found) == 2:
-            break
-    return sum(found) / 2
+    return (_nth_level(histogram, (total - 1) // 2) + _nth_level(histogram, total // 2)) / 2
 
 
-def _runs(counts: list[int]) -> list[tuple[int, int]]:
-    """[start, end) of each run of columns with ink."""
-    runs: list[tuple[int, int]] = []
-    start = None
-    for x, count in enumerate(counts):
-        if count and start is None:
-            start = x
-        elif not count and start is not None:
-            runs.append((start, x))
-            start = None
-    if start is not None:
-        runs.append((start, len(counts)))
-    return runs
+def _blobs(ink: Image.Image) -> list[_Blob]:
+    """The ink's connected parts (8-neighbourhood): each row's runs of ink (found in C by a regular
+    expression), joined to the runs they touch in the row above (union-find)."""
+    width, data = ink.width, ink.tobytes()
+    runs: list[Run] = []
+    parent: list[int] = []
+    above: list[int] = []
+    for y in range(ink.height):
+        row: list[int] = []
+        first = 0  # runs above that end before this run starts cannot touch the next ones either
+        for match in _INK_RUN.finditer(data, y * width, (y + 1) * width):
+            start, end = match.start() - y * width, match.end() - y * width
+            index = len(runs)
+            runs.append((y, start, end))
+            parent.append(index)
+            while first < len(above) and runs[above[first]][2] < start:
+                first += 1
+            k = first
+            while k < len(above) and runs[above[k]][1] <= end:
+                parent[_root(parent, above[k])] = _root(parent, index)
+                k += 1
+            row.append(index)
+        above = row
+    parts: dict[int, list[Run]] = {}
+    for index, run in enumerate(runs):
+        parts.setdefault(_root(parent, index), []).append(run)
+    return [_Blob.of(part) for part in parts.values()]
 
 
-def _split_wide(glyphs: list[tuple[int, int]], counts: list[int]) -> list[tuple[int, int]]:
-    """Cut a glyph over 1.6 times the median width at its thinnest column (two glyphs touching)."""
-    if len(glyphs) < 2:
-        return glyphs
-    typical = sorted(b - a for a, b in glyphs)[len(glyphs) // 2]
-    out = []
-    for a, b in glyphs:
-        if b - a > 1.6 * typical and b - a > 4:
-            lo, hi = a + (b - a) // 4, b - (b - a) // 4
-            cut = min(range(lo, hi), key=counts.__getitem__)  # the first thinnest, as argmin
-            out.extend([(a, cut), (cut, b)])
+def _root(parent: list[int], index: int) -> int:
+    while parent[index] != index:
+        parent[index] = parent[parent[index]]  # path halving
+        index = parent[index]
+    return index
+
+
+def _tall(blobs: list[_Blob]) -> list[_Blob]:
+    """The parts nearly as tall as the tallest: the digits (and ``/ ?``), not ``+ × ÷ = x *``."""
+    tallest = max((blob.height for blob in blobs), default=0)
+    return [blob for blob in blobs if blob.height >= 0.8 * tallest and blob.height > 2]
+
+
+def _slope(blobs: list[_Blob]) -> float:
+    """The slope (rows per column) of the line through the tall parts' centres (least squares), or 0
+    if it is level already, too short to tell, or too steep to be a slanted line of text."""
+    tall = _tall(blobs)
+    xs, ys = (
+        [blob.left + blob.right for blob in tall],
+        [blob.top + blob.bottom for blob in tall],
+    )  # centres x2
+    if len(set(xs)) < 2:
+        return 0.0
+    slope = statistics.linear_regression(xs, ys).slope
+    if abs(slope) * (max(xs) - min(xs)) / 2 < MIN_DRIFT or abs(slope) > math.tan(math.radians(MAX_SLANT)):
+        return 0.0
+    return slope
+
+
+def _levelled(ink: Image.Image, slope: float) -> Image.Image:
+    """The binary image with each column moved up by `slope` rows per column (a shear, to the nearest
+    pixel): the line is level, no stroke is blurred or broken, each column keeps its ink (the upright
+    strokes keep their slant, a pixel or so at these angles)."""
+    size = (ink.width, ink.height + math.ceil(abs(slope) * ink.width) + 1)
+    data = (1.0, 0.0, 0.0, slope, 1.0, -max(0.0, slope * ink.width))  # (x, y) reads (x, y + slope x - lift)
+    return ink.transform(size, Image.Transform.AFFINE, data, Image.Resampling.NEAREST, fillcolor=0)
+
+
+@dataclass(frozen=True, slots=True)
+class _Line:
+    """The line of text: its digits' top row and height, and a digit's typical width."""
+
+    top: int
+    height: int
+    typical: float
+
+    def off_middle(self, top: int, bottom: int) -> float:  # rows [top, bottom): centre to middle, in heights
+        return abs(top + bottom - 2 * self.top - self.height) / (2 * self.height)
+
+
+def _line(blobs: list[_Blob]) -> tuple[list[_Blob], list[_Blob]]:
+    """The line's glyphs in reading order, and the ink dropped (off the line, or specks)."""
+    tall = _tall(blobs)
+    if not tall:
+        return [], blobs
+    tops, bottoms = sorted(blob.top for blob in tall), sorted(blob.bottom for blob in tall)
+    top, height = tops[len(tops) // 2], max(1, bottoms[len(bottoms) // 2] - tops[len(tops) // 2])
+    on_line: list[_Blob] = []
+    dropped: list[_Blob] = []
+    for blob in blobs:
+        (on_line if blob.top < top + height and blob.bottom > top else dropped).append(blob)
+    # A digit's width: the median of parts of one glyph, within what fonts draw (0.6-0.8 of its height)
+    widths = sorted(blob.width for blob in on_line if 0.8 * height <= blob.height and blob.width <= height)
+    line = _Line(top, height, min(max(widths[len(widths) // 2] if widths else 0, 0.6 * height), 0.8 * height))
+    parts = sorted((part for blob in on_line for part in _cut(blob, line)), key=lambda part: part.left)
+    return _rejoined(_without_specks(_stacked(parts), line, dropped), line), dropped
+
+
+def _cut(blob: _Blob, line: _Line) -> list[_Blob]:
+    """A part over 1.6 times the typical width is that many glyphs touching: cut it at the thinnest
+    column near each expected boundary. A part over 1.15 times is cut at its seam, if it has one."""
+    if blob.width > 1.6 * line.typical:
+        counts = [len(rows) for rows in blob.columns()]
+        step = blob.width / max(2, round(blob.width / line.typical))
+        cuts = []
+        for centre in (k * step for k in range(1, round(blob.width / step))):
+            near = range(max(1, round(centre - step / 3)), min(blob.width - 1, round(centre + step / 3)) + 1)
+            cuts.append(blob.left + min((counts[x], abs(x - centre), x) for x in near)[2])
+    elif blob.width > 1.15 * line.typical and (seam := _seam(blob, line)) is not None:
+        cuts = [seam]
+    else:
+        return [blob]
+    bounds = itertools.pairwise([blob.left, *cuts, blob.right])
+    pieces = [
+        [(y, max(a, x0), min(b, x1)) for y, a, b in blob.runs if a < x1 and b > x0] for x0, x1 in bounds
+    ]
+    return [_Blob.of(runs) for runs in pieces if runs]
+
+
+def _seam(blob: _Blob, line: _Line) -> int | None:
+    """Where two glyphs touching at their top or bottom meet (``2/`` small and slanted): the thinnest
+    column of the middle third holding one short run of ink off the line's middle, with ink over 0.6
+    of the line's height on either side. ``+ × x`` are thin only across the middle, and digits have
+    two runs or more in their middle columns."""
+    third = blob.width // 3
+    necks = sorted(
+        (len(ink), abs(2 * x - blob.width), blob.left + x)
+        for x, ink in enumerate(blob.columns())
+        if third <= x < blob.width - third
+        and ink
+        and max(ink) - min(ink) + 1 == len(ink) <= line.height / 3
+        and line.off_middle(min(ink), max(ink) + 1) > 0.25
+    )
+    for _, _, x in necks:
+        left = [row for row, start, _ in blob.runs if start < x]
+        right = [row for row, _, end in blob.runs if end > x]
+        if min(max(left) - min(left), max(right) - min(right)) + 1 > 0.6 * line.height:
+            return x
+    return None
+
+
+def _stacked(parts: list[_Blob]) -> list[_Blob]:
+    """Parts one above the other in the same columns as one glyph (``=``, ``÷``, the dot of ``?``, a
+    glyph broken across), and a part inside another's box (the dot in a monospaced ``0``); parts side
+    by side stay apart, however their columns overlap (a slanted ``/`` by a digit, tight digits)."""
+    glyphs: list[_Blob] = []
+    for part in parts:  # left to right
+        for glyph in reversed(glyphs[-3:]):
+            inside = (
+                glyph.columns_shared(part) == part.width
+                and glyph.top <= part.top <= part.bottom <= glyph.bottom
+            )
+            above = 2 * glyph.columns_shared(part) >= min(glyph.width, part.width)
+            if inside or (above and 2 * glyph.rows_shared(part) <= max(2, min(glyph.height, part.height))):
+                glyph.join(part)
+                break
         else:
-            out.append((a, b))
+            glyphs.append(part)
+    return glyphs
+
+
+def _without_specks(glyphs: list[_Blob], line: _Line, dropped: list[_Blob]) -> list[_Blob]:
+    """The glyphs without specks, which go to `dropped`. A bit across the line's middle, as wide as tall
+    and a fifth of its height wide or more, is a dash. Any other bit under 0.45 of that height is a
+    piece of the glyph whose columns it (nearly) touches (the end of a serif ``?``'s hook), else a
+    speck if under 0.3 of it or narrow, else a glyph drawn small and broken (a serif ``*``)."""
+    reach, widest = max(1, line.height // 10), 1.25 * line.typical  # a piece's gap to its glyph; a glyph
+    kept: list[_Blob] = []
+    for k, bit in enumerate(glyphs):
+        size, pair = max(bit.width, bit.height), kept[-1:] + glyphs[k + 1 : k + 2]
+        near = [glyph for glyph in pair if glyph.span(bit) <= min(widest, glyph.width + bit.width + reach)]
+        middle = line.off_middle(bit.top, bit.bottom) <= 0.3
+        dash = middle and bit.width >= max(2, line.height / 5, bit.height)
+        small = size >= 0.3 * line.height and 5 * bit.width >= line.height and bit.width > 2  # not a speck
+        if dash or size >= 0.45 * line.height or (small and not near):
+            kept.append(bit)
+        elif near:
+            near[0].join(bit)
+        else:
+            dropped.append(bit)
+    return kept
+
+
+def _rejoined(glyphs: list[_Blob], line: _Line) -> list[_Blob]:
+    """Neighbours no wider together than one glyph, side by side and alike in height, as one: a glyph
+    that lost its thin strokes (a serif ``0`` broken into ``( )``, a ``*`` into its petals). Two real
+    glyphs are wider (even ``-1``), lower (``--``) or unlike (``/-``)."""
+    out: list[_Blob] = []
+    for glyph in glyphs:
+        last = out[-1] if out else None
+        if (
+            last is not None
+            and 10 * min(last.height, glyph.height) >= 3 * line.height
+            and 2 * last.rows_shared(glyph) >= max(last.height, glyph.height)
+            and last.span(glyph) <= 1.25 * line.typical
+        ):
+            last.join(glyph)
+        else:
+            out.append(glyph)
     return out

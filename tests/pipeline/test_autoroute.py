@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from app.pipeline.autoroute import RouteDecision, route
+from bench.open_webui import OPEN_WEBUI_TASKS, render_open_webui_task
 
 PROMPTS = Path(__file__).resolve().parents[2] / "bench" / "router_prompts.jsonl"
 
@@ -158,3 +159,46 @@ def test_long_prompt_is_judged_by_its_head_and_tail() -> None:
     assert route("Prove that sqrt(2) is irrational. Context follows. " + filler).mode == "long"
     # Code in the middle of a megabyte of prose is outside the window that is read.
     assert route(filler + "```python\nprint(1)\n```" + filler).mode == "short"
+
+
+# Open WebUI's background tasks, from its default templates (bench/open_webui.py, verbatim from its
+# config.py) rendered as it renders them, over a chat history with arithmetic: without rule 0,
+# the quoted sum sends every one of them to long mode (billing reasoning nobody reads).
+MATHS_CHAT = [
+    {"role": "user", "content": "What is 4821 + 3377?"},
+    {"role": "assistant", "content": "The answer is 8198."},
+    {"role": "user", "content": "And 96 * 47?"},
+    {"role": "assistant", "content": "The answer is 4512."},
+]
+
+
+@pytest.mark.parametrize("task", sorted(OPEN_WEBUI_TASKS))
+def test_open_webui_background_tasks_are_short(task: str) -> None:
+    prompt = render_open_webui_task(OPEN_WEBUI_TASKS[task], MATHS_CHAT, prompt="What is 12 * 13")
+    assert "USER: And 96 * 47?\nASSISTANT: The answer is 4512." in prompt and "{{" not in prompt
+    assert route(prompt) == RouteDecision("short", "ui background task")
+    # What the rest of the rules make of the same text: the chat's arithmetic.
+    assert route(prompt.removeprefix("### Task:")).mode == "long"
+
+
+def test_the_recorded_open_webui_task_bodies_are_short() -> None:
+    """The task requests in tests/data/open_webui/ (built from Open WebUI's source independently)."""
+    fixtures = Path(__file__).resolve().parents[1] / "data" / "open_webui"
+    for name in ("task_title", "task_tags", "task_follow_ups"):
+        body = json.loads((fixtures / f"{name}.json").read_text())
+        assert route(body["messages"][-1]["content"]).reason == "ui background task", name
+
+
+def test_open_webui_emoji_task_is_short() -> None:
+    prompt = (
+        "Your task is to reflect the speaker's likely facial expression through a fitting emoji. "
+        "Interpret emotions from the message and reflect their facial expression using fitting, "
+        "diverse emojis (e.g., 😊, 😢, 😡, 😱).\n\nMessage: ```What is 4821 + 3377?```"
+    )
+    assert route(prompt) == RouteDecision("short", "ui background task")
+
+
+def test_a_task_heading_alone_is_not_a_background_task() -> None:
+    """A user's own "### Task:" problem, with no chat history quoted, is routed by its content."""
+    assert route("### Task:\nCompute 4821 + 3377 and explain each carry.").mode == "long"
+    assert route("What is 4821 + 3377?\n<chat_history>").mode == "long"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -135,3 +136,36 @@ def test_non_boolean_template_switch_is_rejected() -> None:
     with pytest.raises(InvalidRequest) as caught:
         decide(chat_template_kwargs={"enable_thinking": "yes"})
     assert caught.value.param == "chat_template_kwargs.enable_thinking"
+
+
+ESCALATING = dataclasses.replace(ARITH, escalate_below=-1.0)
+
+
+def test_auto_long_decisions_escalate_on_a_profile_that_asks() -> None:
+    """Auto mode's long decisions are answered short first (pipeline/escalate.py) when the profile
+    sets `[router] escalate_below`; the decision stays the router's (long, its reason)."""
+    decision = decide(ESCALATING, text="What is 123456 + 654321?")
+    assert (decision.mode, decision.source, decision.escalate_below) == ("long", "auto", -1.0)
+    assert decision.reason == "auto: arithmetic expression"
+    unasked = dataclasses.replace(ARITH, escalate_below=None)
+    assert decide(unasked, text="What is 123456 + 654321?").escalate_below is None
+
+
+@pytest.mark.parametrize(
+    ("text", "fields"),
+    [
+        ("hi, how are you today?", {}),  # the router says short: nothing to escalate
+        ("What is 12 + 30?", {"reasoning_mode": "long"}),  # explicit modes decide themselves
+        ("What is 12 + 30?", {"reasoning_effort": "low"}),
+        ("What is 12 + 30?", {"model": "thinkgate-arith:long"}),
+        ("What is 12 + 30?", {"n": 2, "temperature": 0.5}),  # several choices
+        ("What is 12 + 30?", {"tools": [{"type": "function", "function": {"name": "calc"}}]}),
+    ],
+)
+def test_other_turns_do_not_escalate(text: str, fields: dict[str, Any]) -> None:
+    assert decide(ESCALATING, text=text, **fields).escalate_below is None
+
+
+def test_always_thinking_models_do_not_escalate() -> None:
+    thinker = dataclasses.replace(ESCALATING, always_thinks=True)
+    assert decide(thinker, text="What is 12 + 30?").escalate_below is None

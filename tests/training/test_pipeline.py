@@ -17,7 +17,6 @@ ROOT = Path(__file__).resolve().parents[2]
 
 from training.build import (  # noqa: E402
     DEFAULT_RECIPE,
-    HOUR,
     QUICK_MINUTES,
     RECIPES,
     Stage,
@@ -71,7 +70,7 @@ def test_quick_build_refuses_the_shipped_folder() -> None:
     assert "never writes the shipped model" in result.stderr
 
 
-@pytest.mark.parametrize("name", ["hour", "hour-rl", "extended"])
+@pytest.mark.parametrize("name", sorted(RECIPES))
 def test_quick_builds_run_each_recipes_stages_in_proportion(name: str) -> None:
     recipe = RECIPES[name]
     quick = quick_stages(recipe)
@@ -99,7 +98,7 @@ def test_a_text_only_stage_draws_no_images_and_its_own_batch_size() -> None:
     from training import train as tr
     from training.build import resumed_tokenizer
 
-    text_only = next(s for s in HOUR if not s.images)
+    text_only = next(s for s in RECIPES[DEFAULT_RECIPE] if not s.images)
     settings = stage_settings(text_only, default_seed=3)
     batch = text_only.train["batch"]
     assert (settings.image_rate, settings.short_image_rate, settings.batch) == (0.0, 0.0, batch)

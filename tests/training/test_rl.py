@@ -4,6 +4,7 @@ makes rewarded replies more likely and the others less."""
 from __future__ import annotations
 
 import random
+import re
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ from training import modelcfg as mc  # noqa: E402
 from training import problems as pb  # noqa: E402
 from training import rl  # noqa: E402
 from training import tokenizer as tk  # noqa: E402
+from training import traces as trc  # noqa: E402
 from training import train as tr  # noqa: E402
 
 SHIPPED = ROOT / "models" / "thinkgate-arith"
@@ -31,7 +33,7 @@ def tok() -> PreTrainedTokenizerFast:
 def _reply(
     tok: PreTrainedTokenizerFast, problem: pb.Problem, answer: int, *, ended: bool = True
 ) -> list[int]:
-    trace = pb.long_trace(problem, random.Random(0))
+    trace = trc.long_trace(problem, random.Random(0))
     text = trace.thinking + f"{tk.THINK_END}\n\nThe answer is {answer}." + (tk.IM_END if ended else "")
     return tok.encode(text, add_special_tokens=False)
 
@@ -94,7 +96,8 @@ def test_an_rl_stage_samples_scores_and_learns_on_the_shipped_model(tok: PreTrai
     from transformers import Idefics3ForConditionalGeneration
 
     model = Idefics3ForConditionalGeneration.from_pretrained(str(SHIPPED), dtype=torch.float32)
-    s = rl.RLSettings(problems=4, group=4, seed=3)
+    # Easy problems: the shipped (first-generation) weights know most of them (not division).
+    s = rl.RLSettings(problems=4, group=4, seed=3, hard_rate=0.0, easy_rate=1.0)
     rng = random.Random(3)
     problems = rl.problems_for_step(rng, s, frozenset())
     batch = rl.rollouts(model, tok, problems, s, rng)
@@ -103,11 +106,14 @@ def test_an_rl_stage_samples_scores_and_learns_on_the_shipped_model(tok: PreTrai
     for k, r in enumerate(batch):
         assert r.reward == rl.reward(tok, problems[k // s.group], r.reply)
         assert r.reply[-1] == end or len(r.reply) == s.max_new
-    # The shipped model is right on most sampled hard replies, but not all: sampling explores.
+    # The shipped model is right on many sampled replies, but not all: sampling explores.
     mean = sum(r.reward for r in batch) / len(batch)
     assert 0.3 <= mean <= 1.0
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    stats = rl.train(model, tok, rl.RLSettings(minutes=0.3, problems=2, group=4, seed=4, max_new=260))
+    settings = rl.RLSettings(
+        minutes=0.3, problems=2, group=4, seed=4, max_new=260, hard_rate=0.0, easy_rate=1.0
+    )
+    stats = rl.train(model, tok, settings)
     assert stats["steps"] >= 1 and 0.0 <= stats["reward_last"] <= 1.0
     moved = any(not torch.equal(p.detach(), before[n]) for n, p in model.named_parameters())
     assert moved == (stats["learning_steps"] > 0)
@@ -127,7 +133,7 @@ def test_sampled_evaluation_counts_every_reply(tok: PreTrainedTokenizerFast) -> 
     replies = inproc_eval.generate(
         model, tok, inproc_eval.held_out(cell[0], 1, 1) * 6, max_new=6, temperature=1.0
     )
-    assert len({text for text, _ in replies}) > 1  # an untrained model's samples differ
+    assert len({text for text, *_ in replies}) > 1  # an untrained model's samples differ
 
 
 @pytest.mark.slow
@@ -140,6 +146,8 @@ def test_the_in_process_evaluation_command_sums_its_seeds(
     assert inproc_eval.main([str(SHIPPED), "--cells", "long/text/easy", "--n", "3", "--seeds", "7,99"]) == 0
     out = capsys.readouterr().out
     assert out.count("[eval] seed") == 2
+    per_seed = [float(m) for m in re.findall(r"long/text/easy=(\d+)%", out)]
     row = next(line for line in out.splitlines() if line.startswith("| long | text | easy |"))
     n, pass1 = row.split("|")[4:6]
-    assert int(n) == 6 and float(pass1.strip(" %")) >= 80.0  # the shipped model: ~98 % on these
+    assert int(n) == 6 and len(per_seed) == 2
+    assert abs(float(pass1.strip(" %")) - sum(per_seed) / 2) < 1.0  # the table is the seeds' mean

@@ -14,6 +14,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 from training import examples as E  # noqa: E402
+from training import tokenizer as tk  # noqa: E402
 
 MODEL = ROOT / "models" / "thinkgate-arith"
 
@@ -54,6 +55,17 @@ def test_think_markers_are_single_tokens_kept_when_decoding(tok) -> None:
     assert tok.decode(ids, skip_special_tokens=True) == "<think>\n1+2</think>\n\nThe answer is 3."
 
 
+def test_a_trained_tokenizer_keeps_the_tool_call_markers_whole() -> None:
+    """The tokenizer `make model` trains: the Hermes/Qwen3 markers are single tokens, kept when
+    decoding (vLLM's `hermes` parser reads them in the text). The shipped first-generation tokenizer
+    predates them."""
+    built = tk.wrap(tk.train_tokenizer(E.corpus(random.Random(0), 200)))
+    for marker in ("<think>", "</think>", *tk.TOOL_TOKENS):
+        assert len(built.encode(marker, add_special_tokens=False)) == 1, marker
+    text = '<tool_call>\n{"name": "calculator", "arguments": {"expression": "12*3"}}\n</tool_call>'
+    assert built.decode(built.encode(text, add_special_tokens=False), skip_special_tokens=True) == text
+
+
 def test_digits_are_single_tokens(tok) -> None:
     ids = tok.encode("What is 123456 + 654321?", add_special_tokens=False)
     pieces = [tok.decode([i]) for i in ids]
@@ -90,9 +102,13 @@ def test_an_image_part_expands_to_the_configured_image_tokens(processor) -> None
 def test_training_renders_prompts_exactly_like_the_shipped_template(tok) -> None:
     rng = random.Random(0)
     for _ in range(300):
-        ex = E.make_example(rng, image_rate=0.4, ood_rate=0.1)
+        ex = E.make_example(rng, image_rate=0.4, ood_rate=0.1, conversation_rate=0.3, tools_rate=0.3)
         rendered = tok.apply_chat_template(
-            E.messages(ex), tokenize=False, add_generation_prompt=True, enable_thinking=ex.long
+            E.messages(ex),
+            tools=ex.tools,
+            tokenize=False,
+            add_generation_prompt=True,
+            enable_thinking=ex.long,
         )
         assert rendered == E.prompt_text(ex)
 
@@ -107,6 +123,7 @@ def test_a_resumed_build_keeps_the_checkpoints_tokenizer(tok, tmp_path: Path) ->
     follow any change to the training text, and renumber the tokens under the weights)."""
     from training import build
     from training import problems as pb
+    from training import traces as tr
 
     shutil.copytree(MODEL, tmp_path / "ckpt")
     vocab = json.loads((tmp_path / "ckpt" / "tokenizer.json").read_text())
@@ -116,7 +133,7 @@ def test_a_resumed_build_keeps_the_checkpoints_tokenizer(tok, tmp_path: Path) ->
     resumed = build.resumed_tokenizer(MODEL)
     text = (
         E.prompt_text(E.make_example(random.Random(3)))
-        + pb.long_trace(pb.Problem(79, "*", 64), random.Random(0)).thinking
+        + tr.long_trace(pb.Problem(79, "*", 64), random.Random(0)).thinking
     )
     assert resumed.encode(text) == tok.encode(text)
     assert resumed.get_vocab() == tok.get_vocab() and resumed.chat_template == tok.chat_template

@@ -5,6 +5,7 @@ data is what it claims."""
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from training import modelcfg as mc  # noqa: E402
 from training import problems as pb  # noqa: E402
 from training import train as tr  # noqa: E402
 from training import vision as V  # noqa: E402
-from training.render import render_problem, render_with_layout  # noqa: E402
+from training.render import canonical, render_problem, render_with_layout  # noqa: E402
 
 
 @pytest.mark.parametrize("seed", range(8))
@@ -32,12 +33,18 @@ def test_reading_labels_follow_the_drawn_text(seed: int) -> None:
     image, layout = render_with_layout(text, random.Random(seed))
     assert np.array_equal(np.asarray(image), np.asarray(render_problem(text, random.Random(seed))))
     labels = V.cell_labels(layout)
-    # Row-major over the cells, slot by slot: the text as written, without its spaces.
+    # The text as written, without its spaces, each operator in its canonical form (× and x are *, ÷ is
+    # /, − is -): row-major over the cells, slot by slot, when the line is level (a slanted line may
+    # cross from one row of cells to the next).
     read = "".join(V.CHARS[c] for c in labels.reshape(-1) if c != V.BLANK)
-    assert read == text.replace(" ", "")
+    assert sorted(read) == sorted(canonical(text).replace(" ", ""))
+    level = dataclasses.replace(layout.style, angle=0.0)
+    labels = V.cell_labels(render_with_layout(text, random.Random(seed), style=level)[1])
+    assert "".join(V.CHARS[c] for c in labels.reshape(-1) if c != V.BLANK) == canonical(text).replace(" ", "")
     # Every labelled cell holds ink in the image as the processor squares it.
     squared = np.asarray(image.convert("L").resize((mc.IMAGE_SIDE, mc.IMAGE_SIDE)))
     cell = mc.IMAGE_SIDE // V.GRID
+    labels = V.cell_labels(layout)
     for row, col in zip(*np.nonzero((labels != V.BLANK).any(-1)), strict=True):
         assert squared[row * cell : (row + 1) * cell, col * cell : (col + 1) * cell].min() < 128
 
@@ -101,25 +108,41 @@ def test_normalised_stages_render_and_label_glyph_by_glyph(monkeypatch: pytest.M
     from training import render
 
     monkeypatch.setattr(render, "NORMALISED", True)
-    image, layout = render_with_layout("345 x 67 = ?", random.Random(3))
-    labels = V.cell_labels(layout)
-    shown = "".join(V.CHARS[c] for c in labels[..., 0].reshape(-1) if c != V.BLANK)
-    assert shown == "345x67=?" and (labels[..., 1:] == V.BLANK).all()
-    assert inked_cells(image) == list(range(len(shown)))
+    for text, labelled in [
+        ("345 x 67 = ?", "345*67=?"),
+        ("98765 ÷ 43", "98765/43"),
+        ("-12 − 4 × 3", "-12-4*3"),
+    ]:
+        image, layout = render_with_layout(text, random.Random(3))
+        labels = V.cell_labels(layout)
+        shown = "".join(V.CHARS[c] for c in labels[..., 0].reshape(-1) if c != V.BLANK)
+        assert shown == labelled and (labels[..., 1:] == V.BLANK).all()
+        assert inked_cells(image) == list(range(len(shown)))
 
 
-def test_drill_examples_are_direct_answers_to_easy_problems_weighted_to_the_weak_kinds() -> None:
+def test_every_drawn_character_has_a_reading_class() -> None:
+    """The reading head's classes cover every glyph an image can show, each operator by the ASCII form
+    it stands for (the form the language model restates it in)."""
+    rng = random.Random(4)
+    drawn = {char for _ in range(2000) for char in pb.image_text(pb.sample_problem(rng), rng)} - {" "}
+    assert {"×", "x", "*", "÷", "/", "−", "-"} <= drawn
+    assert {canonical(char) for char in drawn} <= set(V.CHARS) and len(set(V.CHARS)) == len(V.CHARS)
+    assert len(V.CHARS) == V.BLANK
+
+
+def test_drill_examples_are_short_solutions_to_easy_and_harder_problems() -> None:
+    """The drill: short mode, text, half from the easy split, a third in conversations; the reply is
+    the short solution (examples.target_segments), never a held-out problem."""
     rng = random.Random(5)
-    counts: dict[tuple[str, int, int], int] = {}
+    easy = talks = 0
     for _ in range(3000):
         ex = E.drill_example(rng)
-        assert ex.problem is not None and not ex.long and ex.image is None
-        assert max(ex.problem.a, ex.problem.b) < 100  # the easy split
-        kind = (ex.problem.op, len(str(ex.problem.a)), len(str(ex.problem.b)))
-        counts[kind] = counts.get(kind, 0) + 1
-    # 2x2-digit products weigh 4, sums 1: about four times as frequent (uniform draws would be equal).
-    ratio = counts[("*", 2, 2)] / counts[("+", 2, 2)]
-    assert 3.0 < ratio < 5.5, counts
+        assert ex.problem is not None and not ex.long and ex.image is None and ex.phase == ""
+        easy += max(abs(ex.problem.a), abs(ex.problem.b)) < 100
+        talks += bool(ex.history)
+        reply = "".join(text for text, _ in E.target_segments(ex, rng))
+        assert reply.startswith(ex.problem.compact) and "<think>" not in reply
+    assert 0.5 < easy / 3000 < 0.75 and 0.25 < talks / 3000 < 0.35  # the easy split, and some train ones
     held = frozenset(pb.sample_problem(random.Random(0), "easy") for _ in range(200))
     assert all(E.drill_example(rng, held).problem not in held for _ in range(500))
 

@@ -14,7 +14,6 @@ import datetime as dt
 import io
 import json
 import re
-import shutil
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +22,7 @@ from typing import TYPE_CHECKING
 import pytest
 import pytest_asyncio
 from PIL import Image, ImageDraw, ImageFont
-from playwright.async_api import Browser, Locator, Page, Response, Route, async_playwright, expect
+from playwright.async_api import Browser, Locator, Page, Response, Route, ViewportSize, expect
 
 from tests.support import GatewayProcess, start_gateway
 
@@ -32,19 +31,9 @@ if TYPE_CHECKING:
 
 pytestmark = [pytest.mark.browser, pytest.mark.engine, pytest.mark.slow]
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts" / "ui"
-DESKTOP = {"width": 1280, "height": 800}
-PHONE = {"width": 390, "height": 844}
+DESKTOP: ViewportSize = {"width": 1280, "height": 800}
+PHONE: ViewportSize = {"width": 390, "height": 844}
 # Answers on a 2-core CPU take seconds; a long one (full thinking budget) tens of seconds.
 ANSWER_MS = 120_000
 
@@ -60,15 +49,6 @@ class UiTarget:
 def target(gateway: GatewayProcess) -> UiTarget:
     """The running gateway (with the real engine) from conftest, as the UI needs it."""
     return UiTarget(gateway.base_url.rstrip("/"), gateway.api_key, gateway.create_key)
-
-
-@pytest_asyncio.fixture(scope="module")
-async def browser() -> AsyncIterator[Browser]:
-    assert Path(CHROMIUM).exists(), "no Chromium: run scripts/system-deps.sh (apt-get install chromium)"
-    async with async_playwright() as p:
-        browser = await p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield browser
-        await browser.close()
 
 
 @contextlib.asynccontextmanager

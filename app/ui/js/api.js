@@ -110,6 +110,9 @@ export class ApiClient {
    *   {type: "meta", mode, reason}      mode the gateway chose (first chunk that names it)
    *   {type: "reasoning", text}         a piece of reasoning
    *   {type: "content", text}           a piece of the answer
+   *   {type: "tool_call", index, id, name, arguments}  a piece of a tool call: the first piece of
+   *                                     each call has its id and name, every piece a part of its
+   *                                     arguments (a JSON text)
    *   {type: "finish", reason}          finish_reason of the choice
    *   {type: "usage", usage}            the final usage object
    * and throws ApiError for an error response or a mid-stream error event.
@@ -155,6 +158,10 @@ export class ApiClient {
           const split = splitter.push(delta.content);
           if (split.reasoning) yield { type: "reasoning", text: split.reasoning };
           if (split.content) yield { type: "content", text: split.content };
+        }
+        for (const call of delta.tool_calls || []) {
+          const fn = call.function || {};
+          yield { type: "tool_call", index: call.index ?? 0, id: call.id, name: fn.name, arguments: fn.arguments || "" };
         }
         if (choice.finish_reason) yield { type: "finish", reason: choice.finish_reason };
       }

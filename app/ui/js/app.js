@@ -2,7 +2,7 @@
 // logic. State lives here; views only show it and report what the user did.
 
 import { ApiClient } from "./api.js";
-import { requestBody, streamAnswer } from "./chat.js";
+import { streamAnswer } from "./chat.js";
 import { h, toast } from "./dom.js";
 import { settings, applyTheme } from "./settings.js";
 import { ConversationStore, newId } from "./store.js";
@@ -88,7 +88,7 @@ class App {
     this.composer = new Composer({
       onSend: (draft) => this.send(draft),
       onStop: () => this.stop(),
-      onModeChange: (mode, budget) => this.setMode(mode, budget),
+      onOptionsChange: (options) => this.setOptions(options),
     });
     this.sidebar = new Sidebar({ onOpen: (id) => this.open(id), onDelete: (id) => this.deleteConversation(id) });
     this.usage = new UsageView(this.api);
@@ -191,9 +191,8 @@ class App {
 
   newChat() {
     this.showChat();
-    const draft = settings.draftMode;
     this.current = null;
-    this.showConversation({ model: this.defaultModel(), mode: draft.mode, budget: draft.budget, messages: [] });
+    this.showConversation({ model: this.defaultModel(), ...settings.draftMode, messages: [] });
     this.sidebar.render(this.conversations, null);
     this.composer.focus();
   }
@@ -217,7 +216,7 @@ class App {
     const model = this.modelById(c.model) ? c.model : this.defaultModel();
     select.value = model;
     this.composer.setModel(this.modelById(model));
-    this.composer.setMode(c.mode || "auto", c.budget || null);
+    this.composer.setOptions({ mode: c.mode || "auto", budget: c.budget || null, calculator: c.calculator });
     document.getElementById("chat-title").textContent = c.title || "";
     document.getElementById("welcome").hidden = c.messages.length > 0;
     this.transcript.show(c.messages, { busy: Boolean(this.active), scrollToEnd: true });
@@ -249,13 +248,13 @@ class App {
     }
   }
 
-  setMode(mode, budget) {
+  /** The composer's mode, budget and calculator switch: the open chat's, or the next new chat's. */
+  setOptions(options) {
     if (this.current) {
-      this.current.mode = mode;
-      this.current.budget = budget;
+      Object.assign(this.current, options);
       this.save(this.current);
     } else {
-      settings.draftMode = { mode, budget };
+      settings.draftMode = options;
     }
   }
 
@@ -270,8 +269,7 @@ class App {
         id: newId(),
         title: titleFor(text),
         model: document.getElementById("model-select").value,
-        mode: this.composer.mode,
-        budget: this.composer.budget,
+        ...this.composer.options,
         messages: [],
         createdAt: now,
         updatedAt: now,
@@ -285,8 +283,7 @@ class App {
   /** Appends a new answer to `conversation` and streams it. */
   async generate(conversation) {
     conversation.model = document.getElementById("model-select").value || conversation.model;
-    conversation.mode = this.composer.mode;
-    conversation.budget = this.composer.budget;
+    Object.assign(conversation, this.composer.options);
     const history = [...conversation.messages];
     const message = { id: newId(), role: "assistant", content: "", reasoning: "", createdAt: Date.now() };
     conversation.messages.push(message);
@@ -298,8 +295,11 @@ class App {
     await this.save(conversation);
     this.sidebar.render(this.conversations, this.current?.id ?? null);
 
-    const body = requestBody(conversation, history, { sendReasoning: settings.sendReasoning });
-    await streamAnswer(this.api, body, message, controller.signal, () => this.queueRender(conversation, message));
+    await streamAnswer(this.api, conversation, history, message, {
+      signal: controller.signal,
+      sendReasoning: settings.sendReasoning,
+      onUpdate: () => this.queueRender(conversation, message),
+    });
 
     this.active = null;
     if (!conversation.deleted) await this.save(conversation);

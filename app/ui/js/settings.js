@@ -43,9 +43,9 @@ export const settings = {
   set model(value) {
     write("model", value);
   },
-  /** Mode and budget for the next new chat (each chat then remembers its own). */
+  /** Mode, budget and calculator switch for the next new chat (each chat then remembers its own). */
   get draftMode() {
-    return read("draftMode", { mode: "auto", budget: null });
+    return { mode: "auto", budget: null, calculator: false, ...read("draftMode", {}) };
   },
   set draftMode(value) {
     write("draftMode", value);

@@ -1,11 +1,16 @@
 // Conversations kept in the browser's IndexedDB, one record per conversation with its messages
 // inline (conversations are small, and a whole one is always read and written at once).
 //
-// Conversation: {id, title, model, mode, budget, messages: Message[], createdAt, updatedAt}
+// Conversation: {id, title, model, mode, budget, calculator, messages: Message[], createdAt, updatedAt}
 // Message (user):      {id, role: "user", text, images: [dataURL], createdAt}
 // Message (assistant): {id, role: "assistant", model, requestedMode, mode, modeReason, reasoning,
 //                       content, status: "streaming"|"done"|"stopped"|"error", error, stats,
-//                       thinkMs, createdAt}
+//                       thinkMs, reasoningTokens, rounds: Round[], toolCalls, toolLimit, createdAt}
+//   reasoning, content, thinkMs, reasoningTokens and toolCalls ({id, name, arguments}) are the
+//   last round's (the one streaming, or the answer); toolLimit: it still called tools after the
+//   last round allowed.
+// Round (a finished round that called tools): {reasoning, content, thinkMs, reasoningTokens,
+//                       toolCalls: [{id, name, arguments, result}]}
 
 const DB_NAME = "thinkgate";
 const STORE = "conversations";

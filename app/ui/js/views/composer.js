@@ -1,5 +1,5 @@
 // The message box and everything beside it: attachments (picker, drag-and-drop, paste), the
-// reasoning mode control with its thinking budget, and Send/Stop.
+// reasoning mode control with its thinking budget, the calculator switch, and Send/Stop.
 
 import { h } from "../dom.js";
 import { prepareImage, isSendableImage } from "../images.js";
@@ -9,8 +9,9 @@ const MAX_IMAGES = 4;
 export class Composer {
   /**
    * @param {{onSend: (draft: {text: string, images: string[]}) => boolean|void,
-   *          onStop: () => void, onModeChange: (mode: string, budget: number|null) => void}} handlers
+   *          onStop: () => void, onOptionsChange: (options: ComposerOptions) => void}} handlers
    *   onSend returns false when it refused the draft (the draft is then kept)
+   * @typedef {{mode: string, budget: number|null, calculator: boolean}} ComposerOptions
    */
   constructor(handlers) {
     this.handlers = handlers;
@@ -26,6 +27,7 @@ export class Composer {
     this.modeControl = document.getElementById("mode-control");
     this.budgetField = document.getElementById("budget-field");
     this.budgetInput = document.getElementById("thinking-budget");
+    this.calculatorToggle = document.getElementById("calculator-toggle");
     /** @type {{url: string, name: string}[]} */
     this.images = [];
     this.vision = true;
@@ -85,9 +87,10 @@ export class Composer {
     });
     this.modeControl.addEventListener("change", () => {
       this.showBudgetField();
-      this.handlers.onModeChange(this.mode, this.budget);
+      this.handlers.onOptionsChange(this.options);
     });
-    this.budgetInput.addEventListener("change", () => this.handlers.onModeChange(this.mode, this.budget));
+    this.budgetInput.addEventListener("change", () => this.handlers.onOptionsChange(this.options));
+    this.calculatorToggle.addEventListener("change", () => this.handlers.onOptionsChange(this.options));
   }
 
   endDrag() {
@@ -212,11 +215,22 @@ export class Composer {
     return Number.isFinite(max) ? Math.min(n, max) : n;
   }
 
-  /** Shows a conversation's remembered mode and budget. */
-  setMode(mode, budget) {
+  /** Whether the page offers the model its calculator (tools.js) with the next request. */
+  get calculator() {
+    return this.calculatorToggle.checked;
+  }
+
+  /** @returns {ComposerOptions} what the next request will ask for */
+  get options() {
+    return { mode: this.mode, budget: this.budget, calculator: this.calculator };
+  }
+
+  /** Shows a conversation's remembered mode, budget and calculator switch. */
+  setOptions({ mode, budget, calculator }) {
     const radio = this.modeControl.querySelector(`input[value="${mode}"]`) || this.modeControl.querySelector("input");
     radio.checked = true;
     this.budgetInput.value = budget ? String(budget) : "";
+    this.calculatorToggle.checked = Boolean(calculator);
     this.showBudgetField();
   }
 

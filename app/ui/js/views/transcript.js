@@ -4,6 +4,7 @@
 
 import { h, formatSeconds, formatCost, copyToClipboard, flashLabel } from "../dom.js";
 import { renderMarkdown } from "../render.js";
+import { RoundsView, callItems, thoughtLabel } from "./rounds.js";
 
 /** The user's own open/closed choice per reasoning panel, by message id: it always wins. */
 const userPanelChoice = new Map();
@@ -135,8 +136,11 @@ class MessageView {
     this.panel.querySelector("summary").addEventListener("click", () => {
       userPanelChoice.set(this.id, !this.panel.open);
     });
+    this.rounds = new RoundsView();
     this.answer = h("div", { class: "answer markdown" });
+    this.calls = h("ul", { class: "tool-calls", "aria-label": "Tool calls", hidden: true });
     this.stopped = h("p", { class: "stopped-note", text: "Stopped.", hidden: true });
+    this.toolLimit = h("p", { class: "tool-limit-note", hidden: true });
     this.errorText = h("p", {});
     this.error = h(
       "div",
@@ -153,7 +157,18 @@ class MessageView {
       this.regenerate,
       h("button", { type: "button", text: "Delete", on: { click: this.act("delete") } }),
     );
-    this.root.append(this.head, this.panel, this.answer, this.stopped, this.error, this.stats, this.actions);
+    this.root.append(
+      this.head,
+      this.rounds.root,
+      this.panel,
+      this.answer,
+      this.calls,
+      this.stopped,
+      this.toolLimit,
+      this.error,
+      this.stats,
+      this.actions,
+    );
   }
 
   destroy() {
@@ -236,14 +251,20 @@ class MessageView {
     }
     this.head.replaceChildren(h("span", { class: "model-name", text: m.model || "" }), ...badges);
 
+    // Tool rounds already finished; then the live round: its reasoning, answer and calls.
+    this.rounds.update(m.rounds || []);
+    const calling = Boolean(m.toolCalls && m.toolCalls.length);
+
     // Reasoning panel.
     const hasReasoning = Boolean(m.reasoning);
     this.panel.hidden = !hasReasoning;
     if (hasReasoning) {
-      const thinking = streaming && !m.content;
+      const thinking = streaming && !m.content && !calling;
       this.panel.classList.toggle("streaming", thinking);
-      this.thinkingSince = thinking ? m.startedAt : null;
-      this.summaryLabel.textContent = thinking ? thinkingLabel(m.startedAt) : thoughtLabel(m);
+      this.thinkingSince = thinking ? m.roundStartedAt || m.startedAt : null;
+      this.summaryLabel.textContent = thinking
+        ? thinkingLabel(this.thinkingSince)
+        : thoughtLabel(m.thinkMs, m.reasoningTokens ?? m.stats?.reasoningTokens);
       // Open while thinking, closed once the answer starts; a stop before any answer leaves the
       // reasoning open, as it is all there is to read. The user's own choice beats both.
       const auto = thinking || (m.status === "stopped" && !m.content);
@@ -265,9 +286,15 @@ class MessageView {
     }
     this.answer.classList.toggle("empty", !m.content && !streaming);
     // The cursor marks where text is coming: the answer, or anything at all before reasoning.
-    this.answer.classList.toggle("cursor", streaming && (Boolean(m.content) || !m.reasoning));
+    this.answer.classList.toggle("cursor", streaming && !calling && (Boolean(m.content) || !m.reasoning));
+    this.calls.hidden = !calling;
+    if (calling) this.calls.replaceChildren(...callItems(m.toolCalls, { streaming }));
 
     this.stopped.hidden = m.status !== "stopped";
+    this.toolLimit.hidden = !m.toolLimit;
+    if (m.toolLimit) {
+      this.toolLimit.textContent = `Stopped: the model still called tools after ${m.rounds.length} rounds.`;
+    }
     this.error.hidden = m.status !== "error";
     if (m.error) this.errorText.textContent = m.error.message;
 
@@ -287,13 +314,6 @@ class MessageView {
 
 function thinkingLabel(since) {
   return `Thinking… ${formatSeconds(Date.now() - since)}`;
-}
-
-function thoughtLabel(m) {
-  const parts = [`Thought for ${formatSeconds(m.thinkMs || 0)}`];
-  const tokens = m.stats?.reasoningTokens;
-  if (tokens) parts.push(`${tokens} tokens`); // 0 with reasoning shown: the upstream did not count it
-  return parts.join(" · ");
 }
 
 function statsParts(s) {
