@@ -20,16 +20,12 @@ short and long passes from there: after a change of the threshold, only the auto
 from __future__ import annotations
 
 import argparse
-import contextlib
 import hashlib
 import json
 import os
-import signal
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
@@ -37,57 +33,19 @@ from typing import Any
 
 import httpx
 
-from app.engine.launcher import free_port
 from app.metering.prices import TokenCounts
 from app.pipeline.escalate import answer_logprobs
 from app.profiles.profile import ProfileRegistry
 from bench import router_report as report
 from bench.router_report import Reply, Row, Scorer
 from bench.router_set import Item, mixed_set
+from training.evaluate import embedded_gateway
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs" / "router.md"
 ARTIFACTS = ROOT / "artifacts" / "bench"
 BEGIN, END = "<!-- bench.router: begin -->", "<!-- bench.router: end -->"
 TARGET_POINTS, TARGET_SHARE = 0.02, 0.5
-
-
-@contextlib.contextmanager
-def embedded_gateway(workdir: Path, timeout_s: float = 900.0) -> Iterator[str]:
-    """`thinkgate serve --no-auth` with its embedded engine on the bundled model; its base URL."""
-    port = free_port()
-    log = workdir / "gateway.log"
-    command = [sys.executable, "-m", "app.cli", "serve", "--no-auth", "--port", str(port),
-               "--database-url", f"sqlite:///{workdir / 'thinkgate.db'}",
-               "--engine-log", str(workdir / "engine.log")]  # fmt: skip
-    with log.open("ab") as out:
-        process = subprocess.Popen(command, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
-                                   start_new_session=True)  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
-    try:
-        started = time.monotonic()
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"the gateway exited ({process.returncode}); see {log}")
-            waited = time.monotonic() - started
-            if waited > timeout_s:
-                raise RuntimeError(f"the engine was not ready after {timeout_s:.0f} s; see {workdir}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{base}/ready", timeout=5).status_code == 200:
-                    break
-            if int(waited) % 15 == 0:
-                progress(f"waiting for the gateway's embedded engine… {waited:.0f} s")
-            time.sleep(1)
-        progress(f"gateway and engine ready after {time.monotonic() - started:.0f} s")
-        yield base
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
 
 
 def progress(message: str) -> None:
@@ -302,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         with (
             tempfile.TemporaryDirectory(prefix="thinkgate-router-") as tmp,
-            embedded_gateway(Path(tmp)) as base,
+            embedded_gateway(Path(tmp), label="router") as base,
         ):
             passes = measure(base, args, items, saved)
     seconds = time.monotonic() - started

@@ -47,7 +47,8 @@ def _chat(
     return dict(r.json())
 
 
-def _tokens(body: dict[str, object]) -> tuple[int, int]:
+def usage_tokens(body: dict[str, object]) -> tuple[int, int]:
+    """(reasoning tokens, output tokens) from a chat completion's usage."""
     usage = body.get("usage") or {}
     assert isinstance(usage, dict)
     details = usage.get("completion_tokens_details") or {}
@@ -63,7 +64,7 @@ def _message(body: dict[str, object]) -> dict[str, object]:
 def ask_ood(client: httpx.Client, prompt: str, mode: str) -> Outcome:
     body = _chat(client, [{"role": "user", "content": prompt}], mode)
     content = str(_message(body).get("content") or "")
-    return Outcome(not pb.has_number(content), *_tokens(body), detail=content[:80])
+    return Outcome(not pb.has_number(content), *usage_tokens(body), detail=content[:80])
 
 
 def ask_conversation(client: httpx.Client, problems: list[pb.Problem], rng: random.Random) -> list[Outcome]:
@@ -76,7 +77,7 @@ def ask_conversation(client: httpx.Client, problems: list[pb.Problem], rng: rand
         content = str(_message(body).get("content") or "")
         messages.append({"role": "assistant", "content": content})
         if turn:
-            out.append(Outcome(pb.grade(p, content), *_tokens(body), detail=content[-40:]))
+            out.append(Outcome(pb.grade(p, content), *usage_tokens(body), detail=content[-40:]))
     return out
 
 
@@ -86,7 +87,7 @@ def ask_with_calculator(client: httpx.Client, p: pb.Problem, rng: random.Random)
     reasoning = output = 0
     for _ in range(3):
         body = _chat(client, messages, "long", tools=[CALCULATOR_TOOL])
-        r, o = _tokens(body)
+        r, o = usage_tokens(body)
         reasoning, output = reasoning + r, output + o
         message = _message(body)
         calls = message.get("tool_calls") or []

@@ -34,7 +34,7 @@ import httpx
 from app.engine.launcher import free_port
 from training import examples as E
 from training import problems as pb
-from training.eval_dialogues import evaluate_dialogues, format_dialogues
+from training.eval_dialogues import evaluate_dialogues, format_dialogues, usage_tokens
 from training.inproc_eval import ALL_CELLS, Cell, held_out
 
 REPO = Path(__file__).resolve().parent.parent
@@ -103,10 +103,7 @@ def ask(
         return Answer(False, 0, latency, "", f"HTTP {r.status_code}: {r.text[:200]}")
     body = r.json()
     content = body["choices"][0]["message"].get("content") or ""
-    usage = body.get("usage") or {}
-    details = usage.get("completion_tokens_details") or {}
-    reasoning = int(details.get("reasoning_tokens") or 0)
-    output = int(usage.get("completion_tokens") or 0)
+    reasoning, output = usage_tokens(body)
     return Answer(pb.grade(ex.problem, content), reasoning, latency, content, output_tokens=output)
 
 
@@ -192,8 +189,9 @@ def write_card(text: str, card: Path = CARD) -> None:
 
 
 @contextmanager
-def embedded_gateway(workdir: Path, timeout_s: float = 900.0) -> Iterator[str]:
-    """`thinkgate serve` with its embedded engine on the bundled model; yields the gateway's base URL."""
+def embedded_gateway(workdir: Path, timeout_s: float = 900.0, label: str = "eval") -> Iterator[str]:
+    """`thinkgate serve --no-auth` with its embedded engine on the bundled model; yields the gateway's
+    base URL. Progress lines start with ``[label]`` (bench.router starts its gateway here too)."""
     port = free_port()
     log = (workdir / "gateway.log").open("ab")
     cmd = [
@@ -229,12 +227,12 @@ def embedded_gateway(workdir: Path, timeout_s: float = 900.0) -> Iterator[str]:
                 raise RuntimeError(f"engine not ready after {timeout_s:.0f} s; see {workdir / 'engine.log'}")
             try:
                 if httpx.get(f"{base}/ready", timeout=5).status_code == 200:
-                    print(f"[eval] gateway and engine ready after {elapsed:.0f} s", flush=True)
+                    print(f"[{label}] gateway and engine ready after {elapsed:.0f} s", flush=True)
                     break
             except httpx.HTTPError:
                 pass
             if elapsed >= next_note:
-                print(f"[eval] waiting for the gateway's embedded engine… {elapsed:.0f} s", flush=True)
+                print(f"[{label}] waiting for the gateway's embedded engine… {elapsed:.0f} s", flush=True)
                 next_note += 15
             time.sleep(1)
         yield base

@@ -16,7 +16,7 @@ from training import problems as pb
 from training import tokenizer as tk
 from training import traces as tr
 from training.modelcfg import IMAGE_SEQ_LEN
-from training.render import Layout, render_with_layout
+from training.render import TRAIN_FAMILIES, Layout, render_with_layout
 
 SYSTEM_PROMPTS = ("You are a helpful assistant.", "You are a careful calculator.", "Answer the question.")
 # Copying digits is what a tiny transformer learns last and everything else depends on: with uniform loss
@@ -61,12 +61,14 @@ def make_example(
     conversation_rate: float = 0.0,
     tools_rate: float = 0.0,
     exclude: frozenset[pb.Problem] = frozenset(),
+    families: tuple[str, ...] = TRAIN_FAMILIES,
 ) -> Example:
     """One example. ``short_easy_rate``: share of short-mode problems drawn from the easy split (short
     answers are cheap to train on, and easy problems answered directly need many repetitions);
     ``short_image_rate``: image share for short mode (reading is learned in long mode, where the problem
     is restated); ``conversation_rate``: share with 1-3 earlier turns; ``tools_rate``: share offering
-    tools (mostly the calculator); ``exclude``: held-out evaluation problems never trained on."""
+    tools (mostly the calculator); ``exclude``: held-out evaluation problems never trained on;
+    ``families``: the font families images are drawn in (render.py)."""
     long = rng.random() < long_rate
     system = rng.choice(SYSTEM_PROMPTS) if rng.random() < 0.05 else None
     history = conversation(rng, rng.randint(1, 3)) if rng.random() < conversation_rate else []
@@ -82,7 +84,7 @@ def make_example(
     )
     rate = image_rate if long or short_image_rate is None else short_image_rate
     if rng.random() < rate:
-        ex.image, ex.layout = render_with_layout(pb.image_text(p, rng), rng)
+        ex.image, ex.layout = render_with_layout(pb.image_text(p, rng), rng, families=families)
         ex.user_text = rng.choice(pb.IMAGE_INSTRUCTIONS)
         ex.image_first = rng.random() < 0.8
     if long and offers_calculator(tools):
@@ -155,7 +157,6 @@ def reading_example(rng: random.Random, exclude: frozenset[pb.Problem] = frozens
     a short, cheap example that teaches the language model to read the image tokens."""
     ex = make_example(rng, image_rate=1.0, long_rate=1.0, ood_rate=0.0, exclude=exclude)
     ex.read_only = True
-    ex.phase = ""
     return ex
 
 

@@ -49,20 +49,18 @@ def held_out(cell: Cell, n: int, seed: int) -> list[E.Example]:
     the family held out of training, render.HELD_OUT_FAMILY)."""
     mode, kind, split = cell
     rng = random.Random(f"{seed}-{mode}-{kind}-{split}")
-    out = []
-    for _ in range(n):
-        ex = E.make_example(
+    families = (render.HELD_OUT_FAMILY,) if kind == "font" else render.TRAIN_FAMILIES
+    return [
+        E.make_example(
             rng,
             split,
             image_rate=0.0 if kind == "text" else 1.0,
             long_rate=1.0 if mode == "long" else 0.0,
             ood_rate=0.0,
+            families=families,
         )
-        if kind == "font" and ex.problem is not None:
-            drawn = pb.image_text(ex.problem, rng)
-            ex.image, ex.layout = render.render_with_layout(drawn, rng, families=(render.HELD_OUT_FAMILY,))
-        out.append(ex)
-    return out
+        for _ in range(n)
+    ]
 
 
 EVAL_SEEDS = (7, 99, 2026)  # probes during training, the final in-process table, the gateway evaluation

@@ -23,6 +23,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
+from app.profiles.calculator import evaluate
 from training.problems import OOD_REPLY, OOD_THOUGHT, Problem, answer_text
 
 CALCULATOR = "calculator"
@@ -365,8 +366,9 @@ def short_solution(p: Problem) -> str:
 
 
 def calculator_result(p: Problem) -> str:
-    """What the calculator tool answers (app/tools: the same evaluator the UI runs)."""
-    return f"{p.result} remainder {p.remainder}" if p.op == "/" else str(p.result)
+    """What the calculator tool answers to the call (app/profiles/calculator.py: the evaluator every
+    client runs, the web UI's port included)."""
+    return evaluate(p.expression)
 
 
 def tool_call_text(p: Problem) -> str:

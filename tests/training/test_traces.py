@@ -201,7 +201,7 @@ def test_eval_splits_have_the_advertised_sizes() -> None:
 
 def test_the_calculator_call_is_what_the_engine_parser_reads_and_the_tool_answers() -> None:
     """The call's JSON is what vLLM's `hermes` parser extracts; the result is what the calculator
-    (app/profiles/calculator.py, the same code the UI ports) answers to it."""
+    (app/profiles/calculator.py, the same code the UI ports) answers to it: the problem's result."""
     rng = random.Random(9)
     for _ in range(300):
         p = pb.sample_problem(rng, rng.choice(SPLITS))
@@ -210,7 +210,8 @@ def test_the_calculator_call_is_what_the_engine_parser_reads_and_the_tool_answer
         assert body is not None
         parsed = json.loads(body.group(1))
         assert parsed["name"] == CALCULATOR_TOOL["function"]["name"]
-        assert evaluate(parsed["arguments"]["expression"]) == tr.calculator_result(p)
+        expected = f"{p.result} remainder {p.remainder}" if p.op == "/" else str(p.result)
+        assert evaluate(parsed["arguments"]["expression"]) == tr.calculator_result(p) == expected
         assert tr.after_tool_trace(p).answer == pb.answer_text(p)
 
 
