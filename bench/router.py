@@ -164,7 +164,7 @@ def render(scorer: Scorer, live: list[Reply], threshold: float | None, header: s
         "",
         "The escalation rows are each at the threshold with the fewest output tokens within 2 points of "
         "the better of always-long and the rules (the frontier below has every threshold). Costs are as "
-        "billed: a turn answered short first is billed as the router's long-mode turn.",
+        "billed: a turn is billed in the mode that answered it, an escalated one with both attempts.",
         "",
         "Target: within 2 points of always-long's accuracy at no more than 50 % of its output tokens.",
         *verdict([row for row in rows if row is not long], long),

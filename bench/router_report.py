@@ -6,7 +6,8 @@ their mode's answer; the rules take the answer of the mode `app.pipeline.autorou
 an escalation strategy takes the short answer when its confidence is at or above a threshold, else
 the long answer, and pays for both attempts; "rules + escalation" escalates only what the rules send
 to long mode (the rest is answered short). Costs are what the gateway bills: a turn answered short
-first is reserved and billed as the router's long-mode turn (pipeline/escalate.py). The live auto
+first is billed in the mode that answered it, an escalated one at long-mode prices for both attempts
+(pipeline/escalate.py). The live auto
 pass is the shipped strategy itself, through the gateway; its agreement with its simulation is
 reported.
 """
@@ -102,12 +103,12 @@ class Scorer:
         return decision.mode
 
     def probed(self, index: int, metric: str, threshold: float) -> Scored:
-        """Short first; long below `threshold`; billed at long prices as one record."""
+        """Short first; long below `threshold`; one record, billed in the mode that answered."""
         short, long = self.short[index], self.long[index]
         score = METRICS[metric](short.logprobs) if short.logprobs else None
         if score is not None and score >= threshold:
             kept = self.reply(index, "short")
-            return Scored(kept.right, kept.tokens, cost_micros(self.long_prices, short.counts), "short")
+            return Scored(kept.right, kept.tokens, short.cost_micros, "short")
         both = plus(short.counts, long.counts)
         right = self.reply(index, "long").right
         return Scored(right, both.completion, cost_micros(self.long_prices, both), "long", escalated=True)

@@ -13,13 +13,15 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
+import pytest
 import uvicorn
 
-from tests.support import free_port, read_body
+from tests.support import GatewayProcess, free_port, read_body, start_gateway
 
 MODEL = "thinkgate-arith"
 
@@ -212,3 +214,30 @@ async def _json(send: Any, payload: dict[str, Any], status: int = 200) -> None:
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json")]})  # fmt: skip
     await send({"type": "http.response.body", "body": orjson.dumps(payload)})
+
+
+# The fixtures a test module of the scripted engine takes, by name (`engine = engine_fixture()`):
+# one engine and one gateway in front of it per module, with an API key named after the module.
+
+
+def engine_fixture() -> Any:
+    @pytest.fixture(scope="module", name="engine")
+    def engine() -> Iterator[ScriptedEngine]:
+        scripted = ScriptedEngine().start()
+        yield scripted
+        scripted.stop()
+
+    return engine
+
+
+def gateway_fixture() -> Any:
+    @pytest.fixture(scope="module", name="gateway")
+    def gateway(
+        engine: ScriptedEngine, request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+    ) -> Iterator[GatewayProcess]:
+        name = request.module.__name__.rsplit(".", 1)[-1]
+        with start_gateway(tmp_path_factory.mktemp(name), upstreams=[engine.url]) as started:
+            started.api_key = started.create_key(name)
+            yield started
+
+    return gateway

@@ -52,14 +52,17 @@ class Stage:
 # The shipped weights' recipe (`make model`, the second generation): from nothing, with a fresh optimizer
 # and new problems in each stage, and each stage from the weights before it (as shipped, bf16). Measured
 # in full in the model card.
-# 1. Text alone, both modes, in batches of 12 (a text step is ~1.7x faster than one with images, and
+# 1-3. Text alone, both modes, in batches of 12 (a text step is ~1.7x faster than one with images, and
 #    small batches learn hard text in fewer minutes): long traces, short solutions, the refusal,
-#    conversations of up to four turns, the calculator tool.
-# 2. The vision tower learns to read the glyph grid on its reading head alone.
-# 3. Everything together: the language model learns to copy what the tower reads.
-# 4. The short-mode drill: short solutions on easy and hard problems, a third in conversations, in
+#    conversations of up to four turns, the calculator tool. 8,000 steps at lr 1e-3, 4,000 at 5e-4,
+#    then 12,000 at 4e-4 with 40 % of the problems at the hard split's sizes (hard text was still
+#    climbing: the largest problems are the fewest in the training split).
+# 4. The vision tower learns to read the glyph grid on its reading head alone.
+# 5. Everything together: the language model learns to copy what the tower reads.
+# 6. The short-mode drill: short solutions on easy and hard problems, a third in conversations, in
 #    batches of half the usual token budget (twice the steps).
-# 5. long2short (training/long2short.py): the short mode's solutions sharpened on its own samples.
+# The long2short stages (training/long2short.py: l2s-rs, l2s-rl) are not in the recipe: short runs of
+# them moved nothing measurable (model card).
 # Conversations and tool prompts are long (a tools block is ~300 tokens) and teach little until the
 # arithmetic is there: few of them while it is learned, the usual share afterwards.
 FEW_LONG_PROMPTS = {"short_easy_rate": 0.5, "conversation_rate": 0.05, "tools_rate": 0.05}
@@ -67,6 +70,13 @@ LONG_PROMPTS = {"short_easy_rate": 0.5, "conversation_rate": 0.15, "tools_rate":
 DEFAULT = (
     Stage(90.0, 1e-3, normalised=True, images=False, train={"batch": 12, "steps": 8000, **FEW_LONG_PROMPTS}),
     Stage(45.0, 5e-4, normalised=True, images=False, train={"batch": 12, "steps": 4000, **LONG_PROMPTS}),
+    Stage(
+        80.0,
+        4e-4,
+        normalised=True,
+        images=False,
+        train={"batch": 12, "steps": 12000, "hard_rate": 0.4, **LONG_PROMPTS},
+    ),
     Stage(2.5, 2e-3, "vision", normalised=True),
     Stage(10.0, 4e-4, "joint", normalised=True),
     Stage(8.0, 3e-4, "drill", normalised=True, train={"drill_tokens": 12 * 256, "drill_rate": 0.5}),

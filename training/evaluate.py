@@ -156,6 +156,18 @@ def format_table(table: dict[str, dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
+def report_text(table: dict[str, dict[str, float]], setting: str) -> str:
+    """What `make eval` writes into the model card: the cells' table, the dialogues' table (every
+    other row: out-of-domain prompts, conversations, the calculator loop), the targets."""
+    cells = {"/".join(cell) for cell in CELLS}
+    single = {k: v for k, v in table.items() if k in cells}
+    dialogues = {k: v for k, v in table.items() if k not in cells}
+    text = format_table(single) + "\n\n" + format_dialogues(dialogues)
+    text += "\n\n" + "\n".join(f"- {line}" for line in target_report(table))
+    stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    return f"Run {stamp}: {setting}.\n\n" + text
+
+
 def target_report(table: dict[str, dict[str, float]]) -> list[str]:
     out = []
     for key, target in TARGETS.items():
@@ -274,16 +286,7 @@ def main(argv: list[str] | None = None) -> int:
             embedded_gateway(Path(tmp)) as base,
         ):
             table = run(base)
-    single = {k: v for k, v in table.items() if k.count("/") == 2 and "ood" not in k}
-    text = (
-        format_table(single) + "\n\n" + format_dialogues({k: v for k, v in table.items() if k not in single})
-    )
-    text += "\n\n" + "\n".join(f"- {line}" for line in target_report(table))
-    stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    text = (
-        f"Run {stamp}: {args.n} problems per cell, seed {args.seed}, concurrency {args.concurrency}.\n\n"
-        + text
-    )
+    text = report_text(table, f"{args.n} problems per cell, seed {args.seed}, concurrency {args.concurrency}")
     print(text)
     if not args.no_card:
         write_card(text)

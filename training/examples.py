@@ -60,6 +60,7 @@ def make_example(
     short_image_rate: float | None = None,
     conversation_rate: float = 0.0,
     tools_rate: float = 0.0,
+    hard_rate: float = 0.0,
     exclude: frozenset[pb.Problem] = frozenset(),
     families: tuple[str, ...] = TRAIN_FAMILIES,
 ) -> Example:
@@ -67,7 +68,8 @@ def make_example(
     answers are cheap to train on, and easy problems answered directly need many repetitions);
     ``short_image_rate``: image share for short mode (reading is learned in long mode, where the problem
     is restated); ``conversation_rate``: share with 1-3 earlier turns; ``tools_rate``: share offering
-    tools (mostly the calculator); ``exclude``: held-out evaluation problems never trained on;
+    tools (mostly the calculator); ``hard_rate``: share of the other problems drawn from the hard split
+    (the largest sizes, learned last); ``exclude``: held-out evaluation problems never trained on;
     ``families``: the font families images are drawn in (render.py)."""
     long = rng.random() < long_rate
     system = rng.choice(SYSTEM_PROMPTS) if rng.random() < 0.05 else None
@@ -75,10 +77,13 @@ def make_example(
     tools = offered_tools(rng) if rng.random() < tools_rate else None
     if split == "train" and rng.random() < ood_rate:
         return Example(None, long, pb.ood_prompt(rng), system=system, history=history, tools=tools)
-    use_easy = short_easy_rate > 0 and not long and rng.random() < short_easy_rate
-    p = pb.sample_problem(rng, "easy" if use_easy else split)
+    if short_easy_rate > 0 and not long and rng.random() < short_easy_rate:
+        split = "easy"
+    elif split == "train" and hard_rate > 0 and rng.random() < hard_rate:
+        split = "hard"
+    p = pb.sample_problem(rng, split)
     while p in exclude:
-        p = pb.sample_problem(rng, "easy" if use_easy else split)
+        p = pb.sample_problem(rng, split)
     ex = Example(
         p, long, pb.text_prompt(p, rng), system=system, slip_rate=slip_rate, history=history, tools=tools
     )

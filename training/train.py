@@ -58,6 +58,7 @@ class TrainSettings:
     conversation_rate: float = 0.2  # examples with 1-3 earlier turns (answer the last question)
     tools_rate: float = 0.15  # examples offering tools (the calculator, mostly)
     ood_rate: float = 0.08  # out-of-domain prompts (the fixed refusal)
+    hard_rate: float = 0.0  # problems drawn from the hard split (the largest sizes) instead of all sizes
     pool: int = 8  # batches generated at once, then sorted by length to cut padding
     bf16: bool = True  # autocast matmuls to bfloat16 (about 1.5x faster on CPU)
     # What a stage trains. "mixed": the language model's loss on both modes and both input kinds.
@@ -115,6 +116,7 @@ def batches(
                     conversation_rate=s.conversation_rate,
                     tools_rate=s.tools_rate,
                     ood_rate=s.ood_rate,
+                    hard_rate=s.hard_rate,
                     exclude=exclude,
                 )
             ids, w = E.encode(ex, tok, rng)

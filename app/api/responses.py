@@ -1,14 +1,15 @@
-"""`POST /v1/responses` (and, with a stored response, `GET`/`DELETE /v1/responses/{id}`): the
+"""`POST /v1/responses` (and, with a stored response, `GET`/`DELETE /v1/responses/{id}` and
+`GET /v1/responses/{id}/input_items`): the
 OpenAI Responses API front door's HTTP routes. The translation is the door's
 (`protocols/responses/`), the rest the pipeline's (`pipeline/completion.py`), as for Chat Completions.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import orjson
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 from starlette.responses import Response, StreamingResponse
@@ -68,7 +69,8 @@ async def respond(request: Request, body: ResponsesRequest, principal: Principal
 
     async def keep(response: dict[str, Any]) -> None:
         if body.store is not False:
-            await store.put(response, owner, conversation(turn.messages, response))
+            history = conversation(turn.messages, response)
+            await store.put(response, owner, history, output.input_items(body, response["id"]))
 
     final = output.Final(completion, body, lambda text: sealer.seal(text, owner), keep)
     if body.stream:
@@ -122,6 +124,25 @@ async def create_response(body: ResponsesRequest, request: Request, principal: C
 async def get_response(response_id: str, request: Request, principal: CurrentPrincipal) -> Response:
     stored = await _store(request, request.app.state.gateway).response(response_id, principal.key_id)
     return Response(orjson.dumps(stored), media_type="application/json")
+
+
+@router.get(
+    PATH + "/{response_id}/input_items",
+    response_model=None,
+    responses={200: {"description": "A page of the response's input items"}, **ERROR_RESPONSES},
+    summary="List a stored response's input items (its request's input)",
+)
+async def list_input_items(
+    response_id: str,
+    request: Request,
+    principal: CurrentPrincipal,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    order: Literal["asc", "desc"] = "desc",
+    after: str | None = None,
+) -> Response:
+    items = await _store(request, request.app.state.gateway).input_items(response_id, principal.key_id)
+    page = output.item_page(items, limit, order, after)
+    return Response(orjson.dumps(page), media_type="application/json")
 
 
 @router.delete(

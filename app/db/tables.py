@@ -110,7 +110,7 @@ instances = Table(
 )
 
 # Responses API responses kept for `previous_response_id` and GET/DELETE /v1/responses/{id}
-# (`store`, the default), per key, until `expires_at` (migration 0005).
+# (`store`, the default), per key, until `expires_at` (migrations 0005, 0006).
 stored_responses = Table(
     "stored_responses",
     metadata,
@@ -120,5 +120,6 @@ stored_responses = Table(
     Column("expires_at", Float, nullable=False),
     Column("response_json", Text, nullable=False),  # the `response` object as returned
     Column("history_json", Text, nullable=False),  # the conversation through this response, for the next turn
+    Column("input_json", Text, nullable=True),  # its request's input items (migration 0006; NULL before)
     Index("ix_stored_responses_expires", "expires_at"),
 )

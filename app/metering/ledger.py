@@ -63,6 +63,7 @@ class Outcome:
     finish_reason: str | None = None
     error: str | None = None
     ttft_ms: float | None = None
+    mode: str | None = None  # the mode that answered, when it is not the one the record was opened in
 
 
 class Unsettled(NamedTuple):
@@ -107,6 +108,7 @@ class Unsettled(NamedTuple):
             "ttft_ms": outcome.ttft_ms,
             "duration_ms": (now - handle.started) * 1000,
             "response_json": self.response_json,
+            "mode": outcome.mode,
             **count_columns(outcome.counts),
         }
         rate = None

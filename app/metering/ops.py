@@ -47,13 +47,17 @@ _CLOSE_COLUMNS = (
 _INTERRUPT_COLUMNS = ("status", "cost_micros", "settled_at", "error")
 
 
-def _update_open(columns: tuple[str, ...]) -> str:
-    """Set `columns` of a record that is still open (settlement and reconciliation race for it)."""
-    assignments = ", ".join(f"{column} = :{column}" for column in columns)
-    return f"UPDATE usage_records SET {assignments} WHERE id = :id AND status = 'open'"
+def _update_open(columns: tuple[str, ...], if_given: tuple[str, ...] = ()) -> str:
+    """Set `columns` of a record that is still open (settlement and reconciliation race for it), and
+    `if_given` where the value is not NULL (else the column keeps what the open wrote)."""
+    assignments = [f"{column} = :{column}" for column in columns]
+    assignments += [f"{column} = COALESCE(:{column}, {column})" for column in if_given]
+    return f"UPDATE usage_records SET {', '.join(assignments)} WHERE id = :id AND status = 'open'"
 
 
-_CLOSE = _update_open(_CLOSE_COLUMNS)
+# A settlement may correct the mode: auto mode's escalation opens a record as the router's long-mode
+# turn, and a confident short first attempt answers it in short mode (pipeline/escalate.py).
+_CLOSE = _update_open(_CLOSE_COLUMNS, if_given=("mode",))
 _CHECKPOINT = _update_open(TOKEN_COLUMNS)
 _INTERRUPT = _update_open(_INTERRUPT_COLUMNS)
 

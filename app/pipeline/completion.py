@@ -253,9 +253,10 @@ class Completion:
         return self.run.counts
 
     def cost(self, counts: TokenCounts | None = None) -> int:
-        """Micro-USD for the run so far, or for `counts`; what the engine did, even past the reservation."""
+        """Micro-USD for the run so far, or for `counts`; what the engine did, even past the reservation,
+        at the prices of the mode that answers (auto mode's escalation: short or long)."""
         assert self.prepared is not None and self.run is not None
-        prices = billed_prices(self.prepared.profile, self.prepared.decision.mode)
+        prices = billed_prices(self.prepared.profile, self.decision.mode)
         return cost_micros(prices, self.run.counts if counts is None else counts)
 
     async def chunks(self) -> AsyncIterator[list[Chunk]]:
@@ -300,7 +301,7 @@ class Completion:
 
     async def _settle(self, disconnected: bool) -> None:
         assert self.prepared is not None and self.run is not None
-        gateway, run, decision = self.gateway, self.run, self.prepared.decision
+        gateway, run, decision = self.gateway, self.run, self.decision
         await run.close()
         for task in list(self._background):
             task.cancel()
@@ -319,6 +320,7 @@ class Completion:
                 finish_reason=run.finish_reason(),
                 error=self.error,
                 ttft_ms=run.ttft_ms,
+                mode=decision.mode if decision.mode != self.prepared.decision.mode else None,
             )
             await gateway.ledger.settle(self.handle, outcome, response_json=stored, limiter=gateway.limiter)
         gateway.metrics.in_flight.dec()

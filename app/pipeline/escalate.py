@@ -14,9 +14,10 @@ is streamed instead. Either way the response's mode and reason say what happened
 One request, one usage record: the long attempt's counts carry on from the short one's
 (`Tally.carried`), so the record holds the prompt and output tokens of both attempts, and the output
 of both stays within the request's `max_tokens` (the long attempt gets what the short one left). The
-record was opened, and reserved for, as the router's long-mode request (the prompt twice), and is
-billed at long-mode prices whichever attempt answered. Log-probabilities the client did not ask for
-are removed from the short answer before it is returned.
+record was opened, and reserved for, as the router's long-mode request (the prompt twice, at long-mode
+prices: the most the turn can cost), and is settled in the mode that answered, at its prices: a kept
+short answer is a short-mode record, an escalated turn a long-mode one with both attempts' tokens.
+Log-probabilities the client did not ask for are removed from the short answer before it is returned.
 """
 
 from __future__ import annotations

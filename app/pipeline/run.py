@@ -47,10 +47,11 @@ class ChoiceState:
     content: list[str] = field(default_factory=list)
     finish_reason: str | None = None
     in_answer: bool = False
-    # Newlines still to drop at the start of the answer when the engine splits the reasoning itself:
-    # vLLM's parsers leave the "\n\n" after </think> in `content`; ThinkSplitter drops them.
+    # Newlines to drop at the answer's start when the engine splits the reasoning: vLLM's parsers leave
+    # the "\n\n" after </think> in `content`, as ThinkSplitter would drop them.
     separator_left: int = 2
     tool_calls: dict[int, dict[str, Any]] = field(default_factory=dict)
+    logprobs: list[Any] = field(default_factory=list)  # the answer's tokens', when the engine sent them
 
     def merge_tool_calls(self, deltas: list[dict[str, Any]]) -> None:
         """Assemble streamed tool-call fragments (arguments arrive in pieces) into whole calls."""
@@ -370,6 +371,7 @@ class ChatRun:
                 state.in_answer = has_text = True
                 if self.keep_text:
                     state.content.append(content)
+                    state.logprobs += (choice.get("logprobs") or {}).get("content") or ()
             elif original:
                 del delta["content"]  # all of it was reasoning, or is held back as a possible tag
             if not (reasoning or content):  # no text: the tokens belong to the phase we are in

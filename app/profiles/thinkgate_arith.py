@@ -7,7 +7,8 @@ ink from paper (a threshold that adapts to the image; light text on dark paper i
 ink's connected parts, levels a slanted line and keeps what sits on it: touching glyphs are cut apart,
 parts one above the other are one glyph (``=``, ``÷``), a glyph broken by thresholding is joined again,
 specks of dust, noise or JPEG ringing are dropped. Glyph k, scaled to one line height, is drawn centred
-in the k-th 32×32 cell, so token k holds character k. About 1 ms for a 256-pixel image.
+in the k-th 32×32 cell, so token k holds character k. About 1 ms for a 256-pixel image. Ink, paper
+and the connected parts: app/profiles/ink.py; the line and its glyphs: here.
 
 The profile asks for it with ``image_layout = "glyph-grid"`` (app/profiles/steps.py); the gateway
 applies it to every image after the usual checks (app/pipeline/media.py). Training draws its images
@@ -18,12 +19,12 @@ from __future__ import annotations
 
 import itertools
 import math
-import re
 import statistics
 from dataclasses import dataclass
 
-from PIL import Image, ImageOps
+from PIL import Image
 
+from app.profiles.ink import Blob, connected_parts, dark_on_light
 from app.profiles.steps import register_image_layout
 
 IMAGE_SIDE = 256  # every image is squared to this (no splitting): few image tokens, one fixed shape
@@ -32,58 +33,9 @@ SCALE = 2  # pixel shuffle: (256/16)^2 / 2^2 = 64 image tokens
 CELL = PATCH * SCALE  # pixels per image token side
 GRID = IMAGE_SIDE // CELL  # image tokens per side
 LINE_HEIGHT = 24  # a glyph's line height inside its cell
-MIN_CONTRAST = 48  # ink and paper whose mean grey levels are closer than this: nothing is written
 MAX_SLANT = 8.0  # degrees: a steeper line is not a slanted line of text, and is left as it is
 MIN_DRIFT = 1.5  # pixels: a line whose centre drifts less than this from end to end is left as it is
 MAX_RUNS = 5_000  # runs of ink to find glyphs in (each costs microseconds): more, and it is read at half size
-_INK_RUN = re.compile(rb"[^\x00]+")  # a run of ink in a row of the binary image (ink 255, paper 0)
-
-Run = tuple[int, int, int]  # row, first column, end column (exclusive)
-
-
-@dataclass(slots=True)
-class _Blob:
-    """Connected ink (8-neighbourhood), or several such parts taken as one glyph; bounds exclusive."""
-
-    left: int
-    top: int
-    right: int
-    bottom: int
-    runs: list[Run]
-
-    @classmethod
-    def of(cls, runs: list[Run]) -> _Blob:
-        rows = [run[0] for run in runs]
-        return cls(min(run[1] for run in runs), min(rows), max(run[2] for run in runs), max(rows) + 1, runs)
-
-    @property
-    def width(self) -> int:
-        return self.right - self.left
-
-    @property
-    def height(self) -> int:
-        return self.bottom - self.top
-
-    def columns_shared(self, other: _Blob) -> int:  # below 0: how many lie between them
-        return min(self.right, other.right) - max(self.left, other.left)
-
-    def rows_shared(self, other: _Blob) -> int:
-        return min(self.bottom, other.bottom) - max(self.top, other.top)
-
-    def span(self, other: _Blob) -> int:  # the width of the two together
-        return max(self.right, other.right) - min(self.left, other.left)
-
-    def columns(self) -> list[list[int]]:  # the rows holding ink, column by column
-        out: list[list[int]] = [[] for _ in range(self.width)]
-        for row, start, end in self.runs:
-            for x in range(start - self.left, end - self.left):
-                out[x].append(row)
-        return out
-
-    def join(self, other: _Blob) -> None:
-        self.left, self.top = min(self.left, other.left), min(self.top, other.top)
-        self.right, self.bottom = max(self.right, other.right), max(self.bottom, other.bottom)
-        self.runs.extend(other.runs)
 
 
 @register_image_layout("glyph-grid")
@@ -95,7 +47,7 @@ def glyph_grid(image: Image.Image) -> tuple[Image.Image, int]:
     """The image redrawn with its glyphs one per cell (RGB, IMAGE_SIDE × IMAGE_SIDE), and how many
     glyphs it found (only the first GRID × GRID are drawn)."""
     blank = Image.new("RGB", (IMAGE_SIDE, IMAGE_SIDE), "white")
-    found = _grey(image)
+    found = dark_on_light(image)
     if found is None:
         return blank, 0
     grey, level = found
@@ -105,10 +57,10 @@ def glyph_grid(image: Image.Image) -> tuple[Image.Image, int]:
         ink.tobytes().count(b"\x00\xff") > MAX_RUNS
     ):  # dithering or a photo, or text big enough to read at half
         return glyph_grid(grey.reduce(2))
-    blobs = _blobs(ink)
+    blobs = connected_parts(ink)
     if slope := _slope(blobs):
         ink = _levelled(ink, slope)
-        blobs = _blobs(ink)
+        blobs = connected_parts(ink)
     glyphs, dropped = _line(blobs)
     if not glyphs:
         return blank, 0
@@ -123,7 +75,7 @@ def glyphs_of(text: str) -> list[str]:
     return [char for char in text if not char.isspace()]
 
 
-def _drawn(ink: Image.Image, glyphs: list[_Blob]) -> Image.Image:
+def _drawn(ink: Image.Image, glyphs: list[Blob]) -> Image.Image:
     """The glyph grid: glyph k in black on white, its part of the line's full height scaled to
     LINE_HEIGHT (so a dash stays at mid-height), centred in cell k."""
     out = Image.new("L", (IMAGE_SIDE, IMAGE_SIDE), 255)
@@ -142,106 +94,13 @@ def _drawn(ink: Image.Image, glyphs: list[_Blob]) -> Image.Image:
     return out
 
 
-def _grey(image: Image.Image) -> tuple[Image.Image, int] | None:
-    """Grey levels with dark ink on light paper, whatever the source's polarity and alpha, and the
-    level below which a pixel is ink; None for an image with no ink on it (a single tone, or noise)."""
-    if image.has_transparency_data:
-        image = Image.alpha_composite(Image.new("RGBA", image.size, "white"), image.convert("RGBA"))
-    grey = image.convert("L")
-    histogram = grey.histogram()
-    total = grey.width * grey.height
-    median = _median(histogram, total)
-    # The ink is on the side whose extreme lies further from the paper (the median); a pixel in a
-    # thousand is ignored as an outlier, and small text on a large image still counts.
-    darkest, lightest = _nth_level(histogram, total // 1000), _nth_level(histogram, total - 1 - total // 1000)
-    if lightest - median > median - darkest:  # light text on dark paper
-        grey, histogram = ImageOps.invert(grey), histogram[::-1]
-    level = _ink_level(histogram)
-    return None if level is None else (grey, level)
-
-
-def _ink_level(histogram: list[int]) -> int | None:
-    """The grey level below which a pixel is ink: halfway between the mean levels of ink and paper,
-    as Otsu's method splits them. When the ink is a small part of the image, that split may fall
-    inside the paper's noise (classes closer than MIN_CONTRAST); the ink is then looked for below it."""
-    top = len(histogram)
-    while (split := _otsu(histogram[:top])) is not None:
-        level, dark = split
-        paper = histogram[level:]
-        light = sum(i * count for i, count in enumerate(paper, start=level)) / sum(paper)
-        if light - dark >= MIN_CONTRAST:
-            return math.ceil((dark + light) / 2)
-        top = level
-    return None
-
-
-def _otsu(histogram: list[int]) -> tuple[int, float] | None:
-    """Otsu's threshold, the grey level that splits the pixels into the two classes furthest apart
-    (dark: below it), and the dark class's mean level; None for pixels all of one level."""
-    counts = list(itertools.accumulate(histogram))
-    moments = list(itertools.accumulate(level * count for level, count in enumerate(histogram)))
-    total, moment = counts[-1], moments[-1]
-    splits = [
-        (n * (total - n) * ((moment - m) / (total - n) - m / n) ** 2, -level, m / n)
-        for level, (n, m) in enumerate(zip(counts, moments, strict=True), start=1)
-        if 0 < n < total
-    ]
-    return (-max(splits)[1], max(splits)[2]) if splits else None
-
-
-def _nth_level(histogram: list[int], n: int) -> int:
-    """The grey level of the n-th darkest pixel (from 0)."""
-    return next(level for level, seen in enumerate(itertools.accumulate(histogram)) if seen > n)
-
-
-def _median(histogram: list[int], total: int) -> float:
-    """The median grey level (the mean of the two middle ones when `total` is even)."""
-    return (_nth_level(histogram, (total - 1) // 2) + _nth_level(histogram, total // 2)) / 2
-
-
-def _blobs(ink: Image.Image) -> list[_Blob]:
-    """The ink's connected parts (8-neighbourhood): each row's runs of ink (found in C by a regular
-    expression), joined to the runs they touch in the row above (union-find)."""
-    width, data = ink.width, ink.tobytes()
-    runs: list[Run] = []
-    parent: list[int] = []
-    above: list[int] = []
-    for y in range(ink.height):
-        row: list[int] = []
-        first = 0  # runs above that end before this run starts cannot touch the next ones either
-        for match in _INK_RUN.finditer(data, y * width, (y + 1) * width):
-            start, end = match.start() - y * width, match.end() - y * width
-            index = len(runs)
-            runs.append((y, start, end))
-            parent.append(index)
-            while first < len(above) and runs[above[first]][2] < start:
-                first += 1
-            k = first
-            while k < len(above) and runs[above[k]][1] <= end:
-                parent[_root(parent, above[k])] = _root(parent, index)
-                k += 1
-            row.append(index)
-        above = row
-    parts: dict[int, list[Run]] = {}
-    for index, run in enumerate(runs):
-        parts.setdefault(_root(parent, index), []).append(run)
-    return [_Blob.of(part) for part in parts.values()]
-
-
-def _root(parent: list[int], index: int) -> int:
-    while parent[index] != index:
-        parent[index] = parent[parent[index]]  # path halving
-        index = parent[index]
-    return index
-
-
-def _tall(blobs: list[_Blob]) -> list[_Blob]:
+def _tall(blobs: list[Blob]) -> list[Blob]:
     """The parts nearly as tall as the tallest: the digits (and ``/ ?``), not ``+ × ÷ = x *``."""
     tallest = max((blob.height for blob in blobs), default=0)
     return [blob for blob in blobs if blob.height >= 0.8 * tallest and blob.height > 2]
 
 
-def _slope(blobs: list[_Blob]) -> float:
+def _slope(blobs: list[Blob]) -> float:
     """The slope (rows per column) of the line through the tall parts' centres (least squares), or 0
     if it is level already, too short to tell, or too steep to be a slanted line of text."""
     tall = _tall(blobs)
@@ -278,15 +137,15 @@ class _Line:
         return abs(top + bottom - 2 * self.top - self.height) / (2 * self.height)
 
 
-def _line(blobs: list[_Blob]) -> tuple[list[_Blob], list[_Blob]]:
+def _line(blobs: list[Blob]) -> tuple[list[Blob], list[Blob]]:
     """The line's glyphs in reading order, and the ink dropped (off the line, or specks)."""
     tall = _tall(blobs)
     if not tall:
         return [], blobs
     tops, bottoms = sorted(blob.top for blob in tall), sorted(blob.bottom for blob in tall)
     top, height = tops[len(tops) // 2], max(1, bottoms[len(bottoms) // 2] - tops[len(tops) // 2])
-    on_line: list[_Blob] = []
-    dropped: list[_Blob] = []
+    on_line: list[Blob] = []
+    dropped: list[Blob] = []
     for blob in blobs:
         (on_line if blob.top < top + height and blob.bottom > top else dropped).append(blob)
     # A digit's width: the median of parts of one glyph, within what fonts draw (0.6-0.8 of its height)
@@ -296,7 +155,7 @@ def _line(blobs: list[_Blob]) -> tuple[list[_Blob], list[_Blob]]:
     return _rejoined(_without_specks(_stacked(parts), line, dropped), line), dropped
 
 
-def _cut(blob: _Blob, line: _Line) -> list[_Blob]:
+def _cut(blob: Blob, line: _Line) -> list[Blob]:
     """A part over 1.6 times the typical width is that many glyphs touching: cut it at the thinnest
     column near each expected boundary. A part over 1.15 times is cut at its seam, if it has one."""
     if blob.width > 1.6 * line.typical:
@@ -314,10 +173,10 @@ def _cut(blob: _Blob, line: _Line) -> list[_Blob]:
     pieces = [
         [(y, max(a, x0), min(b, x1)) for y, a, b in blob.runs if a < x1 and b > x0] for x0, x1 in bounds
     ]
-    return [_Blob.of(runs) for runs in pieces if runs]
+    return [Blob.of(runs) for runs in pieces if runs]
 
 
-def _seam(blob: _Blob, line: _Line) -> int | None:
+def _seam(blob: Blob, line: _Line) -> int | None:
     """Where two glyphs touching at their top or bottom meet (``2/`` small and slanted): the thinnest
     column of the middle third holding one short run of ink off the line's middle, with ink over 0.6
     of the line's height on either side. ``+ × x`` are thin only across the middle, and digits have
@@ -339,11 +198,11 @@ def _seam(blob: _Blob, line: _Line) -> int | None:
     return None
 
 
-def _stacked(parts: list[_Blob]) -> list[_Blob]:
+def _stacked(parts: list[Blob]) -> list[Blob]:
     """Parts one above the other in the same columns as one glyph (``=``, ``÷``, the dot of ``?``, a
     glyph broken across), and a part inside another's box (the dot in a monospaced ``0``); parts side
     by side stay apart, however their columns overlap (a slanted ``/`` by a digit, tight digits)."""
-    glyphs: list[_Blob] = []
+    glyphs: list[Blob] = []
     for part in parts:  # left to right
         for glyph in reversed(glyphs[-3:]):
             inside = (
@@ -359,13 +218,13 @@ def _stacked(parts: list[_Blob]) -> list[_Blob]:
     return glyphs
 
 
-def _without_specks(glyphs: list[_Blob], line: _Line, dropped: list[_Blob]) -> list[_Blob]:
+def _without_specks(glyphs: list[Blob], line: _Line, dropped: list[Blob]) -> list[Blob]:
     """The glyphs without specks, which go to `dropped`. A bit across the line's middle, as wide as tall
     and a fifth of its height wide or more, is a dash. Any other bit under 0.45 of that height is a
     piece of the glyph whose columns it (nearly) touches (the end of a serif ``?``'s hook), else a
     speck if under 0.3 of it or narrow, else a glyph drawn small and broken (a serif ``*``)."""
     reach, widest = max(1, line.height // 10), 1.25 * line.typical  # a piece's gap to its glyph; a glyph
-    kept: list[_Blob] = []
+    kept: list[Blob] = []
     for k, bit in enumerate(glyphs):
         size, pair = max(bit.width, bit.height), kept[-1:] + glyphs[k + 1 : k + 2]
         near = [glyph for glyph in pair if glyph.span(bit) <= min(widest, glyph.width + bit.width + reach)]
@@ -381,11 +240,11 @@ def _without_specks(glyphs: list[_Blob], line: _Line, dropped: list[_Blob]) -> l
     return kept
 
 
-def _rejoined(glyphs: list[_Blob], line: _Line) -> list[_Blob]:
+def _rejoined(glyphs: list[Blob], line: _Line) -> list[Blob]:
     """Neighbours no wider together than one glyph, side by side and alike in height, as one: a glyph
     that lost its thin strokes (a serif ``0`` broken into ``( )``, a ``*`` into its petals). Two real
     glyphs are wider (even ``-1``), lower (``--``) or unlike (``/-``)."""
-    out: list[_Blob] = []
+    out: list[Blob] = []
     for glyph in glyphs:
         last = out[-1] if out else None
         if (

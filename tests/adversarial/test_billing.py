@@ -16,7 +16,7 @@ import pytest
 from app.core.config import REPO_ROOT
 from app.metering.prices import format_usd
 from app.profiles.profile import ProfileRegistry
-from tests.scripted_engine import MODEL, Script, ScriptedEngine
+from tests.scripted_engine import MODEL, Script, ScriptedEngine, engine_fixture
 from tests.support import GatewayProcess, expected_cost, start_gateway, usage_records
 
 pytestmark = pytest.mark.slow
@@ -35,11 +35,7 @@ TOOLS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def engine() -> Iterator[ScriptedEngine]:
-    scripted = ScriptedEngine().start()
-    yield scripted
-    scripted.stop()
+engine = engine_fixture()
 
 
 @pytest.fixture(autouse=True)

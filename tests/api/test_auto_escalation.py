@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from app.core.config import REPO_ROOT
-from tests.scripted_engine import MODEL, Script, ScriptedEngine
+from tests.scripted_engine import MODEL, Script, ScriptedEngine, engine_fixture
 from tests.support import GatewayProcess, expected_cost, start_gateway, usage_records
 
 pytestmark = pytest.mark.slow
@@ -28,11 +28,7 @@ PROMPT_TOKENS = 12  # the scripted engine's count for any prompt
 SURE, UNSURE = -0.05, -2.5
 
 
-@pytest.fixture(scope="module")
-def engine() -> Iterator[ScriptedEngine]:
-    scripted = ScriptedEngine().start()
-    yield scripted
-    scripted.stop()
+engine = engine_fixture()
 
 
 @pytest.fixture(autouse=True)
@@ -88,12 +84,14 @@ def record(gateway: GatewayProcess, request_id: str) -> dict[str, Any]:
     return dict(row)
 
 
-def assert_usage_is_the_record(usage: dict[str, Any], row: dict[str, Any]) -> None:
+def assert_usage_is_the_record(usage: dict[str, Any], row: dict[str, Any], mode: str) -> None:
+    """The response's usage is the record's, and the record is booked (and priced) in the mode that
+    answered, whatever mode it was opened in (the router's long turn)."""
     assert usage["prompt_tokens"] == row["prompt_tokens"]
     assert usage["completion_tokens"] == row["completion_tokens"]
     assert usage["completion_tokens_details"]["reasoning_tokens"] == row["reasoning_tokens"]
     assert round(usage["cost"] * 1_000_000) == row["cost_micros"] == expected_cost(row)
-    assert row["status"] == "completed" and row["mode"] == "long"  # opened as the router's long turn
+    assert row["status"] == "completed" and row["mode"] == mode
 
 
 def test_a_confident_short_answer_takes_one_engine_request(
@@ -111,7 +109,7 @@ def test_a_confident_short_answer_takes_one_engine_request(
     assert response.headers["x-reasoning-mode-reason"] == reason
     row = record(gateway, reply["id"])
     assert (row["prompt_tokens"], row["reasoning_tokens"], row["answer_tokens"]) == (PROMPT_TOKENS, 0, 4)
-    assert_usage_is_the_record(reply["usage"], row)
+    assert_usage_is_the_record(reply["usage"], row, "short")
     assert response.headers["x-usage-cost"] == f"0.{row['cost_micros']:06d}"
 
 
@@ -135,7 +133,7 @@ def test_an_unsure_short_answer_is_escalated_in_one_usage_record(
     # Both attempts, as the engine counted them: two prompts, the short answer (4), the long
     # attempt's reasoning (5) and answer (4).
     assert (row["prompt_tokens"], row["reasoning_tokens"], row["answer_tokens"]) == (2 * PROMPT_TOKENS, 5, 8)
-    assert_usage_is_the_record(reply["usage"], row)
+    assert_usage_is_the_record(reply["usage"], row, "long")
 
 
 @pytest.mark.parametrize(("logprob", "mode"), [(SURE, "short"), (UNSURE, "long")])
@@ -157,7 +155,7 @@ def test_streams_are_sent_once_the_short_answer_is_judged(
     row = record(gateway, final["id"])
     assert row["prompt_tokens"] == PROMPT_TOKENS * len(engine.requests)
     assert len(engine.requests) == (1 if mode == "short" else 2)
-    assert_usage_is_the_record(final["usage"], row)
+    assert_usage_is_the_record(final["usage"], row, mode)
 
 
 @pytest.mark.parametrize(("logprob", "mode"), [(SURE, "short"), (UNSURE, "long")])
@@ -173,6 +171,18 @@ def test_the_clients_logprobs_are_the_returned_answers_and_bill_nothing_more(
     without, with_logprobs = record(gateway, plain[-1]["id"]), record(gateway, chunks[-1]["id"])
     for column in ("prompt_tokens", "reasoning_tokens", "answer_tokens", "cost_micros"):
         assert with_logprobs[column] == without[column], column
+
+
+@pytest.mark.parametrize(("logprob", "mode"), [(SURE, "short"), (UNSURE, "long")])
+def test_a_whole_body_carries_the_answers_logprobs_when_asked(
+    gateway: GatewayProcess, engine: ScriptedEngine, logprob: float, mode: str
+) -> None:
+    engine.script.token_logprob = logprob
+    plain, asked = post(gateway).json(), post(gateway, logprobs=True).json()
+    assert plain["choices"][0]["logprobs"] is None and asked["reasoning_mode"] == mode
+    tokens = asked["choices"][0]["logprobs"]["content"]  # the answer's four: not the short attempt's too
+    assert len(tokens) == 4 and "".join(t["token"] for t in tokens) == ANSWER
+    assert {t["logprob"] for t in tokens} == {logprob}
 
 
 def test_explicit_modes_are_not_tried_short_first(gateway: GatewayProcess, engine: ScriptedEngine) -> None:

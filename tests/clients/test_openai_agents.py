@@ -5,28 +5,17 @@ to call the tool on demand."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 
 import pytest
 
-from tests.scripted_engine import MODEL, Script, ScriptedEngine
-from tests.support import GatewayProcess, start_gateway, usage_records
+from tests.scripted_engine import MODEL, Script, ScriptedEngine, engine_fixture, gateway_fixture
+from tests.support import GatewayProcess, usage_records
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def engine() -> Iterator[ScriptedEngine]:
-    scripted = ScriptedEngine().start()
-    yield scripted
-    scripted.stop()
-
-
-@pytest.fixture(scope="module")
-def gateway(engine: ScriptedEngine, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
-    with start_gateway(tmp_path_factory.mktemp("agents"), upstreams=[engine.url]) as gateway:
-        gateway.api_key = gateway.create_key("agents")
-        yield gateway
+engine = engine_fixture()
+gateway = gateway_fixture()
 
 
 @pytest.mark.parametrize("streamed", [False, True])

@@ -10,6 +10,7 @@ PostgreSQL); all execute the same operations (`app/metering/ops.py`) and must le
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -22,7 +23,7 @@ from app.auth.principal import Principal
 from app.core.errors import IdempotencyConflict, QuotaExceeded, RateLimited
 from app.db.batch import SqliteWriter, connect_sqlite
 from app.db.engine import create_engine, migrate
-from app.metering.ledger import Ledger, OpenRequest, Outcome
+from app.metering.ledger import Ledger, OpenRequest, Outcome, Unsettled
 from app.metering.ops import RecordOp
 from app.metering.prices import TokenCounts
 from app.metering.ratelimit import RateLimiter
@@ -157,6 +158,33 @@ async def test_settlements_of_one_batch_release_their_sum(books: Books) -> None:
     assert (row["reserved_micros"], row["spent_micros"]) == (0, sum(20 + i for i in range(6)))
     window = query_db(books.url, "SELECT requests, tokens FROM rate_windows")
     assert window == [{"requests": 6, "tokens": sum(10 + i for i in range(6))}]
+
+
+async def test_a_settlement_books_the_mode_that_answered(books: Books) -> None:
+    """Auto mode's escalation opens a record as the router's long turn; a short first attempt that
+    answers settles it as short (`Outcome.mode`). Without a mode the record keeps the one it was
+    opened in; a refused settlement kept for later (the spool) keeps its mode too."""
+    principal = await books.key(KeyLimits(budget_micros=10_000))
+    kept_short, escalated, spooled = await asyncio.gather(*(books.open(principal, i, 300) for i in range(3)))
+    await books.ledger.settle(
+        kept_short, Outcome("completed", TokenCounts(prompt=4, answer=6), 6, mode="short")
+    )
+    await books.ledger.settle(escalated, Outcome("completed", TokenCounts(prompt=8, answer=9), 9))
+    pending = Unsettled(
+        spooled, Outcome("completed", TokenCounts(prompt=4, answer=2), 2, mode="short"), None, False
+    )
+    revived = Unsettled.from_json(json.loads(json.dumps(pending.to_json())))
+    assert revived.outcome == pending.outcome
+    await books.ledger.settle(revived.handle, revived.outcome)
+    modes = {
+        r["id"]: (r["mode"], r["cost_micros"]) for r in query_db(books.url, "SELECT * FROM usage_records")
+    }
+    assert modes == {
+        kept_short.request_id: ("short", 6),
+        escalated.request_id: ("long", 9),
+        spooled.request_id: ("short", 2),
+    }
+    assert books.key_row(principal)["spent_micros"] == 17
 
 
 async def test_checkpoints_and_revocation_are_seen_at_once(books: Books) -> None:

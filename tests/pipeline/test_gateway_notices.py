@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from app.core.config import REPO_ROOT
-from tests.scripted_engine import MODEL, Script, ScriptedEngine
+from tests.scripted_engine import MODEL, Script, ScriptedEngine, engine_fixture, gateway_fixture
 from tests.support import GatewayProcess, start_gateway, usage_records
 
 pytestmark = pytest.mark.slow
@@ -24,11 +24,7 @@ TOOLS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def engine() -> Iterator[ScriptedEngine]:
-    scripted = ScriptedEngine().start()
-    yield scripted
-    scripted.stop()
+engine = engine_fixture()
 
 
 @pytest.fixture(autouse=True)
@@ -37,11 +33,7 @@ def fresh_script(engine: ScriptedEngine) -> None:
     engine.requests.clear()
 
 
-@pytest.fixture(scope="module")
-def gateway(engine: ScriptedEngine, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
-    with start_gateway(tmp_path_factory.mktemp("notices"), upstreams=[engine.url]) as gateway:
-        gateway.api_key = gateway.create_key("notices")
-        yield gateway
+gateway = gateway_fixture()
 
 
 @pytest.fixture(scope="module")

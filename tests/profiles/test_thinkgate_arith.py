@@ -13,7 +13,8 @@ import pytest
 from PIL import Image, ImageDraw, ImageFont
 
 from app.profiles import thinkgate_arith
-from app.profiles.thinkgate_arith import CELL, GRID, IMAGE_SIDE, PATCH, SCALE, _median, glyph_grid
+from app.profiles.ink import median_level
+from app.profiles.thinkgate_arith import CELL, GRID, IMAGE_SIDE, PATCH, SCALE, glyph_grid
 from tests.support import inked_cells
 
 
@@ -35,9 +36,9 @@ def test_the_geometry_is_the_vision_towers() -> None:
 def test_the_median_is_the_mean_of_the_middle_two_for_an_even_count() -> None:
     histogram = [0] * 256
     histogram[127], histogram[128] = 2, 2
-    assert _median(histogram, 4) == 127.5
+    assert median_level(histogram, 4) == 127.5
     histogram[128] = 3
-    assert _median(histogram, 5) == 128
+    assert median_level(histogram, 5) == 128
 
 
 def test_light_text_on_a_dark_half_is_still_read() -> None:

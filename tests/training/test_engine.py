@@ -3,12 +3,11 @@ engine, held-out problems asked over the OpenAI API in both reasoning modes, tex
 refusal outside the domain, a conversation, and the calculator tool loop (the real engine's `hermes`
 tool parser reading the model's own call).
 
-The shipped weights are still the first generation (model card: 6-digit sums and differences, products
-of up to 3 by 2 digits, images in Pillow's default font); the second generation's recipe (training/,
-issue #20) is not shipped yet. Until it is, the smoke evaluation asks the first generation's own
-domain, and the second generation's behaviours are strict expected failures: they show today's
-shortcomings on the real engine, and fail loudly once new weights make them pass. The shipped
-tokenizer tells the generations apart (the second has the tool-call markers as tokens).
+The shipped weights are the second generation (issue #20: the wider domain, the refusal without a
+number, conversations, the calculator). The first generation's checks stay for its weights
+(`git checkout a1e777b -- training && make model`): on them the smoke evaluation asks its own, narrower
+domain, and the second generation's behaviours are strict expected failures. The shipped tokenizer
+tells the generations apart (the second has the tool-call markers as tokens).
 
 Thresholds sit under the model card's figures with room for sampling error on 10-20 problems."""
 
@@ -44,8 +43,21 @@ CELLS: dict[tuple[str, str, str], int] = {
     ("short", "text", "easy"): 20,
     ("short", "text", "hard"): 10,
 }
-MIN_PASS = {("long", "text", "hard"): 0.85, ("long", "image", "hard"): 0.7, ("short", "text", "easy"): 0.85}
-MIN_LONG_OVER_SHORT = 0.15
+# Each generation's floors, under its model card's figures with room for sampling error on 10-20 problems:
+# (minimum pass@1 per cell, minimum long/text/hard, minimum long-over-short on hard text).
+FLOORS: dict[bool, tuple[dict[tuple[str, str, str], float], float, float]] = {
+    False: (
+        {("long", "text", "hard"): 0.85, ("long", "image", "hard"): 0.7, ("short", "text", "easy"): 0.85},
+        0.7,
+        0.5,
+    ),
+    True: (  # card: long/text/hard 72.5 %, long/image/hard 65 %, short/text/easy 97.5 %, short hard 22.5 %
+        {("long", "text", "hard"): 0.5, ("long", "image", "hard"): 0.4, ("short", "text", "easy"): 0.85},
+        0.5,
+        0.2,
+    ),
+}
+MIN_PASS, MIN_LONG_HARD, MIN_LONG_OVER_SHORT = FLOORS[SECOND_GENERATION]
 
 
 def _first_generation_problem(rng: random.Random, split: str) -> pb.Problem:
@@ -118,20 +130,17 @@ def _rates(results: dict[Cell, list[Answer]]) -> tuple[dict[Cell, float], str]:
 
 
 def test_long_mode_solves_what_short_mode_cannot(results: dict[tuple[str, str, str], list[Answer]]) -> None:
-    """What the shipped weights do now (model card: 100 % vs 12 % on 50 hard text problems), with room
-    for sampling error on 20: a checkpoint that loses its reasoning fails here."""
+    """Long mode's reasoning is worth its tokens on hard problems: a checkpoint that loses it fails here."""
     rate, report = _rates(results)
     long_hard, short_hard = rate[("long", "text", "hard")], rate[("short", "text", "hard")]
-    assert long_hard >= 0.7, report
-    assert long_hard - short_hard >= 0.5, report
+    assert long_hard >= MIN_LONG_HARD, report
+    assert long_hard - short_hard >= MIN_LONG_OVER_SHORT, report
 
 
 def test_smoke_evaluation_meets_the_thresholds(results: dict[tuple[str, str, str], list[Answer]]) -> None:
     rate, report = _rates(results)
     for cell, minimum in MIN_PASS.items():
         assert rate[cell] >= minimum, f"{'/'.join(cell)} below {minimum:.0%}: {report}"
-    long_hard, short_hard = rate[("long", "text", "hard")], rate[("short", "text", "hard")]
-    assert long_hard - short_hard >= MIN_LONG_OVER_SHORT, report
 
 
 @pytest.mark.parametrize("mode", ["long", "short"])
@@ -144,10 +153,27 @@ def test_out_of_domain_chat_gets_the_fixed_reply(client: httpx.Client, mode: str
     assert content.strip().startswith("I can only solve integer arithmetic")  # both generations' reply
 
 
+# The shipped second generation's one known miss among these (model card, Limits): short mode sums a
+# 9-digit number instead of refusing it. Strict: it fails loudly once a model refuses it.
+NINE_DIGITS_SHORT = ("What is 123456789 + 1?", "short")
+SHORT_NINE_DIGITS = pytest.mark.xfail(
+    SECOND_GENERATION, reason="short mode answers a sum just past eight digits", strict=True
+)
+
+
 @second_generation
-@pytest.mark.parametrize("mode", ["long", "short"])
 @pytest.mark.parametrize(
-    "prompt", ["Hello! Who are you?", "What is 123456789 + 1?", "What is 12345 * 678?", "What is 7 / 0?"]
+    ("prompt", "mode"),
+    [
+        pytest.param(prompt, mode, marks=SHORT_NINE_DIGITS if (prompt, mode) == NINE_DIGITS_SHORT else ())
+        for prompt in (
+            "Hello! Who are you?",
+            "What is 123456789 + 1?",
+            "What is 12345 * 678?",
+            "What is 7 / 0?",
+        )
+        for mode in ("long", "short")
+    ],
 )
 def test_out_of_domain_prompts_get_the_fixed_reply_without_a_number(
     client: httpx.Client, mode: str, prompt: str

@@ -239,3 +239,22 @@ def test_a_conversation_asks_its_last_question() -> None:
         assert last_user.startswith(ex.user_text)
         for user, reply in ex.history:
             assert f"{user}{tk.IM_END}\n{tk.IM_START}assistant\n{reply}{tk.IM_END}" in prompt
+
+
+def _hard_sized(p: pb.Problem) -> bool:
+    """The hard split's sizes (problems.sample_problem): 8-digit ±, 4 × 3-digit ×, 6 ÷ 2-digit ÷."""
+    sizes = sorted(len(str(abs(n))) for n in (p.a, p.b))
+    return sizes == {"+": [8, 8], "-": [8, 8], "*": [3, 4], "/": [2, 6]}[p.op]
+
+
+def _hard_share(hard_rate: float) -> float:
+    rng = random.Random(12)
+    drawn = [E.make_example(rng, ood_rate=0.0, image_rate=0.0, hard_rate=hard_rate) for _ in range(2000)]
+    return sum(_hard_sized(ex.problem) for ex in drawn if ex.problem is not None) / len(drawn)
+
+
+def test_a_hard_rate_draws_that_share_of_problems_from_the_hard_split() -> None:
+    base = _hard_share(0.0)  # the train split's own hard-sized problems (its sizes are weighted to them)
+    assert 0.1 < base < 0.4
+    assert _hard_share(1.0) == 1.0
+    assert abs(_hard_share(0.4) - (0.4 + 0.6 * base)) < 0.04

@@ -166,8 +166,11 @@ def last_answer(page: Page) -> Locator:
 
 
 def png_with_text(text: str, size: tuple[int, int]) -> bytes:
+    """A screenshot-like PNG of `text` in DejaVu Sans, a font the bundled model was trained on."""
+    from training.render import font_dir
+
     image = Image.new("RGB", size, "white")
-    font = ImageFont.load_default(size=size[1] // 5)
+    font = ImageFont.truetype(str(font_dir() / "DejaVuSans.ttf"), size[1] // 5)
     ImageDraw.Draw(image).text((size[0] // 10, size[1] // 3), text, fill="black", font=font)
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")

@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import random
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +25,8 @@ import pytest
 from playwright.async_api import Browser, Page, Request, Route, expect
 
 from app.profiles.calculator import CALCULATOR_TOOL, MAX_DEPTH, MAX_LENGTH, answer_call, evaluate
-from tests.scripted_engine import MODEL, Script, ScriptedEngine
-from tests.support import GatewayProcess, start_gateway
+from tests.scripted_engine import MODEL, Script, ScriptedEngine, engine_fixture, gateway_fixture
+from tests.support import GatewayProcess
 from tests.ui.test_browser import (
     UiTarget,
     ask,
@@ -97,18 +96,8 @@ ARGUMENTS = [
 ]  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def engine() -> Iterator[ScriptedEngine]:
-    scripted = ScriptedEngine().start()
-    yield scripted
-    scripted.stop()
-
-
-@pytest.fixture(scope="module")
-def gateway(engine: ScriptedEngine, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
-    with start_gateway(tmp_path_factory.mktemp("calculator"), upstreams=[engine.url]) as gateway:
-        gateway.api_key = gateway.create_key("calculator")
-        yield gateway
+engine = engine_fixture()
+gateway = gateway_fixture()
 
 
 @pytest.fixture(scope="module")

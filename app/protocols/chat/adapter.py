@@ -191,6 +191,8 @@ class ChatResponder:
         run = self.completion.run
         assert run is not None
         hide = not self.completion.decision.include_reasoning
+        assert self.completion.prepared is not None
+        asked_logprobs = bool(self.completion.prepared.body.get("logprobs"))
         choices = []
         for index, state in sorted(run.choices.items()):
             reasoning = "".join(state.reasoning) or None
@@ -199,9 +201,9 @@ class ChatResponder:
                 message["reasoning_content"] = message["reasoning"] = reasoning
             if state.tool_calls:
                 message["tool_calls"] = [state.tool_calls[i] for i in sorted(state.tool_calls)]
-            choices.append(
-                {"index": index, "message": message, "finish_reason": state.finish_reason, "logprobs": None}
-            )
+            logprobs = {"content": state.logprobs, "refusal": None} if asked_logprobs else None
+            choice = {"index": index, "message": message, "finish_reason": state.finish_reason}
+            choices.append({**choice, "logprobs": logprobs})
         return {**self._fixed("chat.completion"), "choices": choices, "usage": self.usage()}
 
     async def complete(self) -> tuple[int, bytes, dict[str, str]]:

@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from app.core.errors import APIError
+from app.core.errors import APIError, InvalidRequest
 from app.metering.prices import TokenCounts, format_usd, to_usd
 from app.pipeline.completion import Completion
 from app.protocols.responses.types import ResponsesRequest
@@ -68,6 +68,51 @@ def call_item(item_id: str, call: dict[str, Any], status: str = "completed") -> 
         "name": function.get("name", ""),
         "arguments": function.get("arguments", ""),
         "status": status,
+    }
+
+
+_ITEM_PREFIX = {"message": "msg", "function_call": "fc", "function_call_output": "fco", "reasoning": "rs"}
+
+
+def input_items(request: ResponsesRequest, rid: str) -> list[dict[str, Any]]:
+    """The request's input as GET /v1/responses/{id}/input_items lists it: each item as it was sent
+    (validated by the time it is stored), with its `type`, an `id` (its own, else one made from the
+    response's) and a `status`; a message's string content as one text part."""
+    tail = rid.removeprefix(RESPONSE_PREFIX)
+    sent = (
+        [{"type": "message", "role": "user", "content": request.input}]
+        if isinstance(request.input, str)
+        else request.input
+    )
+    listed = []
+    for n, item in enumerate(sent):
+        kind = item.get("type") or "message"
+        entry = {**item, "type": kind}
+        if kind == "message" and isinstance(item.get("content"), str):
+            part = "output_text" if item.get("role") == "assistant" else "input_text"
+            entry["content"] = [{"type": part, "text": item["content"]}]
+        entry.setdefault("id", f"{_ITEM_PREFIX.get(kind, 'item')}_{tail}_{n}")
+        entry.setdefault("status", "completed")
+        listed.append(entry)
+    return listed
+
+
+def item_page(items: list[dict[str, Any]], limit: int, order: str, after: str | None) -> dict[str, Any]:
+    """One page of a response's input items, in `order` (`asc`: as sent; `desc`: latest first),
+    after the item `after`."""
+    ordered = items if order == "asc" else items[::-1]
+    if after is not None:
+        ids = [item.get("id") for item in ordered]
+        if after not in ids:
+            raise InvalidRequest(f"No input item {after!r} in this response.", param="after")
+        ordered = ordered[ids.index(after) + 1 :]
+    page = ordered[:limit]
+    return {
+        "object": "list",
+        "data": page,
+        "first_id": page[0]["id"] if page else None,
+        "last_id": page[-1]["id"] if page else None,
+        "has_more": len(ordered) > limit,
     }
 
 

@@ -1,7 +1,8 @@
-"""Stored responses (`store`, the default): the `response` object and the conversation through it,
-per API key, kept `responses_retention_days`; read by `previous_response_id` and
-GET /v1/responses/{id}, removed by DELETE. A response of another key is not found (404), as is an
-expired one. Expired rows are deleted with a write now and then (at most once a minute).
+"""Stored responses (`store`, the default): the `response` object, the conversation through it and
+its request's input items, per API key, kept `responses_retention_days`; read by
+`previous_response_id`, GET /v1/responses/{id} and GET /v1/responses/{id}/input_items, removed by
+DELETE. A response of another key is not found (404), as is an expired one. Expired rows are
+deleted with a write now and then (at most once a minute).
 
 A write is one op (`app/db/ops.py`): on SQLite it rides in the ledger's batches (`db/batch.py`),
 with the settlements of the same moment, instead of a transaction of its own per response.
@@ -31,8 +32,9 @@ def _not_found(response_id: str, param: str | None) -> NotFound:
 SWEEP_EVERY_S = 60.0  # how often a write also deletes the expired rows
 
 _INSERT = (
-    "INSERT INTO stored_responses (id, key_id, created_at, expires_at, response_json, history_json) "
-    "VALUES (:id, :key_id, :now, :expires, :response, :history)"
+    "INSERT INTO stored_responses "
+    "(id, key_id, created_at, expires_at, response_json, history_json, input_json) "
+    "VALUES (:id, :key_id, :now, :expires, :response, :history, :input)"
 )
 _SWEEP = "DELETE FROM stored_responses WHERE expires_at < :now"
 
@@ -66,7 +68,13 @@ class ResponseStore:
         self.sweep_every_s = sweep_every_s
         self._swept = 0.0
 
-    async def put(self, response: dict[str, Any], key_id: str, history: list[Message]) -> None:
+    async def put(
+        self,
+        response: dict[str, Any],
+        key_id: str,
+        history: list[Message],
+        input_items: list[dict[str, Any]] | None = None,
+    ) -> None:
         now = time.time()
         sweep = now - self._swept >= self.sweep_every_s
         if sweep:
@@ -78,6 +86,7 @@ class ResponseStore:
             "expires": now + self.retention_s,
             "response": orjson.dumps(response).decode(),
             "history": orjson.dumps([_dump(m) for m in history]).decode(),
+            "input": orjson.dumps(input_items or []).decode(),
         }
         op = PutOp(row, sweep)
         if self.writer is not None:
@@ -89,7 +98,7 @@ class ResponseStore:
         async with self.engine.connect() as conn:
             result = await conn.execute(
                 text(
-                    "SELECT response_json, history_json FROM stored_responses "
+                    "SELECT response_json, history_json, input_json FROM stored_responses "
                     "WHERE id = :id AND key_id = :key_id AND expires_at >= :now"
                 ),
                 {"id": response_id, "key_id": key_id, "now": time.time()},
@@ -107,6 +116,12 @@ class ResponseStore:
     async def history(self, response_id: str, key_id: str) -> list[Message]:
         row = await self._row(response_id, key_id, HISTORY_PARAM)
         return [_load(m) for m in orjson.loads(row[1])]
+
+    async def input_items(self, response_id: str, key_id: str) -> list[dict[str, Any]]:
+        """The input items of the response's request, in the order they were sent."""
+        row = await self._row(response_id, key_id, None)
+        items: list[dict[str, Any]] = orjson.loads(row[2]) if row[2] else []
+        return items
 
     async def delete(self, response_id: str, key_id: str) -> None:
         async with self.engine.begin() as conn:

@@ -13,13 +13,12 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.scripted_engine import MODEL, Script, ScriptedEngine
-from tests.support import GatewayProcess, expected_cost, start_gateway, usage_records
+from tests.scripted_engine import MODEL, Script, ScriptedEngine, engine_fixture, gateway_fixture
+from tests.support import GatewayProcess, expected_cost, usage_records
 
 pytestmark = pytest.mark.slow
 
@@ -37,18 +36,8 @@ def claude() -> Path:
     return CLAUDE
 
 
-@pytest.fixture(scope="module")
-def engine() -> Iterator[ScriptedEngine]:
-    scripted = ScriptedEngine().start()
-    yield scripted
-    scripted.stop()
-
-
-@pytest.fixture(scope="module")
-def gateway(engine: ScriptedEngine, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
-    with start_gateway(tmp_path_factory.mktemp("claude-gw"), upstreams=[engine.url]) as gateway:
-        gateway.api_key = gateway.create_key("claude-code")
-        yield gateway
+engine = engine_fixture()
+gateway = gateway_fixture()
 
 
 def claude_env(gateway: GatewayProcess, home: Path) -> dict[str, str]:

@@ -6,15 +6,14 @@ real engine is in test_messages_engine.py.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import anthropic
 import httpx
 import pytest
 
-from tests.scripted_engine import MODEL, Script, ScriptedEngine
-from tests.support import GatewayProcess, expected_cost, start_gateway, usage_records
+from tests.scripted_engine import MODEL, Script, ScriptedEngine, engine_fixture, gateway_fixture
+from tests.support import GatewayProcess, expected_cost, usage_records
 
 pytestmark = pytest.mark.slow
 
@@ -25,11 +24,7 @@ WEATHER = {
 }
 
 
-@pytest.fixture(scope="module")
-def engine() -> Iterator[ScriptedEngine]:
-    scripted = ScriptedEngine().start()
-    yield scripted
-    scripted.stop()
+engine = engine_fixture()
 
 
 @pytest.fixture(autouse=True)
@@ -38,11 +33,7 @@ def fresh_script(engine: ScriptedEngine) -> None:
     engine.requests.clear()
 
 
-@pytest.fixture(scope="module")
-def gateway(engine: ScriptedEngine, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
-    with start_gateway(tmp_path_factory.mktemp("messages"), upstreams=[engine.url]) as gateway:
-        gateway.api_key = gateway.create_key("messages")
-        yield gateway
+gateway = gateway_fixture()
 
 
 @pytest.fixture(scope="module")

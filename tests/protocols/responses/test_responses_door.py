@@ -15,8 +15,8 @@ import openai
 import pytest
 
 from app.protocols.responses import output
-from tests.scripted_engine import MODEL, Script, ScriptedEngine
-from tests.support import GatewayProcess, expected_cost, start_gateway, usage_records
+from tests.scripted_engine import MODEL, Script, ScriptedEngine, engine_fixture, gateway_fixture
+from tests.support import GatewayProcess, expected_cost, usage_records
 
 pytestmark = pytest.mark.slow
 
@@ -28,11 +28,7 @@ WEATHER_TOOL = {
 }
 
 
-@pytest.fixture(scope="module")
-def engine() -> Iterator[ScriptedEngine]:
-    scripted = ScriptedEngine().start()
-    yield scripted
-    scripted.stop()
+engine = engine_fixture()
 
 
 @pytest.fixture(autouse=True)
@@ -41,11 +37,7 @@ def fresh_script(engine: ScriptedEngine) -> None:
     engine.requests.clear()
 
 
-@pytest.fixture(scope="module")
-def gateway(engine: ScriptedEngine, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
-    with start_gateway(tmp_path_factory.mktemp("responses"), upstreams=[engine.url]) as gateway:
-        gateway.api_key = gateway.create_key("responses")
-        yield gateway
+gateway = gateway_fixture()
 
 
 @pytest.fixture
@@ -285,6 +277,51 @@ def test_previous_response_id_continues_the_conversation(
         client.responses.retrieve(first.id)
     with pytest.raises(openai.NotFoundError):
         client.responses.create(model=MODEL, input="again", previous_response_id=first.id)
+
+
+def test_a_responses_input_items_are_listed_in_pages(gateway: GatewayProcess, client: openai.OpenAI) -> None:
+    """GET /v1/responses/{id}/input_items: the request's input (not the earlier turns'), latest first by
+    default, in pages the SDK follows; a string input is one user message."""
+    first = client.responses.create(model=MODEL, input="What is 2+2?")
+    (only,) = client.responses.input_items.list(first.id)
+    assert (only.type, only.role, only.content[0].type, only.content[0].text) == (  # type: ignore[union-attr]
+        "message",
+        "user",
+        "input_text",
+        "What is 2+2?",
+    )
+    sent = [
+        {"role": "developer", "content": "Be brief."},
+        {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "And 3+3?"}]},
+        {"type": "function_call", "call_id": "call_1", "name": "get_weather", "arguments": '{"city":"Oslo"}'},
+        {"type": "function_call_output", "call_id": "call_1", "output": "sunny"},
+    ]
+    second = client.responses.create(model=MODEL, input=sent, previous_response_id=first.id)  # type: ignore[arg-type]
+    ascending = list(client.responses.input_items.list(second.id, order="asc", limit=1))  # one item a page
+    assert [item.type for item in ascending] == [
+        "message",
+        "message",
+        "function_call",
+        "function_call_output",
+    ]
+    assert ascending[2].call_id == "call_1" and ascending[3].output == "sunny"  # type: ignore[union-attr]
+    assert ascending[0].content[0].text == "Be brief."  # type: ignore[union-attr]
+    assert len({item.id for item in ascending}) == 4
+    latest_first = client.responses.input_items.list(second.id)
+    assert [item.id for item in latest_first] == [item.id for item in ascending][::-1]
+    page = client.responses.input_items.list(second.id, order="asc", limit=2, after=ascending[0].id)
+    assert [item.id for item in page.data] == [ascending[1].id, ascending[2].id] and page.has_more
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.responses.input_items.list(second.id, after="msg_nothing")
+    assert caught.value.body["param"] == "after"  # type: ignore[index]
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.responses.input_items.list(second.id, limit=101)
+    assert "limit" in str(caught.value.body)
+    other = openai.OpenAI(
+        base_url=f"{gateway.base_url}/v1", api_key=gateway.create_key("lister"), max_retries=0
+    )
+    with other, pytest.raises(openai.NotFoundError):
+        other.responses.input_items.list(second.id)
 
 
 def test_a_response_of_another_key_is_not_found(gateway: GatewayProcess, client: openai.OpenAI) -> None:
