@@ -215,7 +215,8 @@ def test_long_mode_calls_the_calculator_and_answers_from_its_result(client: http
 def test_requests_without_a_temperature_are_answered_greedily(client: httpx.Client) -> None:
     """The model card promises greedy answers by default. vLLM takes its default temperature from the
     generation config's `temperature` (1.0 when absent), so the profile's engine flags set it to 0. The
-    control samples a long trace at temperature 1.5, where replies wander."""
+    control samples a long trace at temperature 2, where replies wander (the second generation is sure
+    enough of this product that 1.5 sometimes gives the greedy trace three times)."""
     question = {"role": "user", "content": "What is 4821 * 375?"}
     body = {"model": "thinkgate-arith", "messages": [question], "reasoning_mode": "long", "max_tokens": 300}
 
@@ -228,5 +229,5 @@ def test_requests_without_a_temperature_are_answered_greedily(client: httpx.Clie
     greedy = {reply({}) for _ in range(4)}
     assert len(greedy) == 1
     assert greedy == {reply({"temperature": 0})}
-    sampled = {reply({"temperature": 1.5}) for _ in range(3)}
-    assert sampled - greedy  # the control: at temperature 1 the replies do wander
+    sampled = {reply({"temperature": 2.0}) for _ in range(4)}
+    assert sampled - greedy  # the control: sampled, the replies do wander

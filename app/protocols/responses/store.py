@@ -29,6 +29,13 @@ def _not_found(response_id: str, param: str | None) -> NotFound:
     return NotFound(f"No response {response_id!r} is stored for this API key.", param=param)
 
 
+def _check_id(response_id: str, param: str | None) -> None:
+    """An id no response can have (longer than the column, or with a NUL, which PostgreSQL's text
+    refuses) is not found, before the database is asked."""
+    if len(response_id) > 64 or "\x00" in response_id:
+        raise _not_found(response_id[:64], param)
+
+
 SWEEP_EVERY_S = 60.0  # how often a write also deletes the expired rows
 
 _INSERT = (
@@ -95,6 +102,7 @@ class ResponseStore:
             await run_one(self.engine, op)
 
     async def _row(self, response_id: str, key_id: str, param: str | None) -> Any:
+        _check_id(response_id, param)
         async with self.engine.connect() as conn:
             result = await conn.execute(
                 text(
@@ -124,6 +132,7 @@ class ResponseStore:
         return items
 
     async def delete(self, response_id: str, key_id: str) -> None:
+        _check_id(response_id, None)
         async with self.engine.begin() as conn:
             result = await conn.execute(
                 text(

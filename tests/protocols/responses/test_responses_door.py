@@ -340,6 +340,18 @@ def test_a_response_of_another_key_is_not_found(gateway: GatewayProcess, client:
     assert client.responses.retrieve(mine.id).id == mine.id  # still there for its own key
 
 
+def test_ids_no_response_can_have_are_not_found(client: openai.OpenAI) -> None:
+    """A NUL (which PostgreSQL's text refuses) or an id longer than any: a 404 naming the field, not a 500."""
+    for bad in ("resp_\x00", "resp_" + "x" * 100):
+        with pytest.raises(openai.NotFoundError) as caught:
+            client.responses.create(model=MODEL, input="hi", previous_response_id=bad)
+        assert caught.value.body["param"] == "previous_response_id"  # type: ignore[index]
+        with pytest.raises(openai.NotFoundError):
+            client.responses.retrieve(bad)
+        with pytest.raises(openai.NotFoundError):
+            client.responses.delete(bad)
+
+
 def test_store_false_keeps_nothing(client: openai.OpenAI) -> None:
     response = client.responses.create(model=MODEL, input="hi", store=False)
     assert response.store is False
