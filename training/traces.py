@@ -99,130 +99,88 @@ class _Writer:
         self.text += s
 
 
-def _add_columns(w: _Writer, x: int, y: int, slip: int | None, rng: random.Random) -> list[int]:
-    """Write ``x+y`` column by column; return the written digits (LSB first, possibly with a slip)."""
+def _column(op: str, xd: int, yd: int, k: int) -> tuple[int, int]:
+    """One column of ``x op y`` (``+`` or ``-``) with ``k`` carried or borrowed in: its digit, and the
+    carry or borrow it passes on."""
+    s = xd + yd + k if op == "+" else xd - yd - k
+    return s % 10, (s // 10 if op == "+" else int(s < 0))
+
+
+def _carried_into(op: str, x: int, y: int, i: int) -> int:
+    """What column ``i`` of ``x op y`` gets from the columns below it."""
+    low = x % 10**i + y % 10**i if op == "+" else x % 10**i - y % 10**i
+    return low // 10**i if op == "+" else int(low < 0)
+
+
+def _columns(w: _Writer, op: str, x: int, y: int, slip: int | None, rng: random.Random) -> list[int]:
+    """Write ``x op y`` (for ``-``, x >= y) column by column, ``x op y op k=d,k'``; return the written
+    digits (LSB first; the ``slip`` column's digit wrong, and left out of the loss)."""
     xs, ys = _digits(x), _digits(y)
     n = max(len(xs), len(ys))
-    carry, out = 0, []
+    k, out = 0, []
     for i in range(n + 1):
+        if i == n and k == 0:
+            break
         xd = xs[i] if i < len(xs) else 0
         yd = ys[i] if i < len(ys) else 0
-        if i == n and carry == 0:
-            break
-        s = xd + yd + carry
-        d, k = s % 10, s // 10
+        d, passed = _column(op, xd, yd, k)
+        head = f"{xd}{op}{yd}{op}{k}="
         if slip == i:
-            wrong = (d + rng.randint(1, 9)) % 10
-            w.raw(f"{xd}+{yd}+{carry}=")
-            w.raw(str(wrong), masked=True)
-            w.raw(f",{k}\n")
-            out.append(wrong)
+            d = (d + rng.randint(1, 9)) % 10
+            w.raw(head)
+            w.raw(str(d), masked=True)
+            w.raw(f",{passed}\n")
         else:
-            w.line(f"{xd}+{yd}+{carry}={d},{k}")
-            out.append(d)
-        carry = k
+            w.line(f"{head}{d},{passed}")
+        out.append(d)
+        k = passed
     return out
 
 
-def _sub_columns(w: _Writer, x: int, y: int, slip: int | None, rng: random.Random) -> list[int]:
-    """Write ``x-y`` (x >= y) column by column with borrows."""
-    xs, ys = _digits(x), _digits(y)
-    borrow, out = 0, []
-    for i in range(len(xs)):
-        yd = ys[i] if i < len(ys) else 0
-        s = xs[i] - yd - borrow
-        d, k = s % 10, 1 if s < 0 else 0
-        if slip == i:
-            wrong = (d + rng.randint(1, 9)) % 10
-            w.raw(f"{xs[i]}-{yd}-{borrow}=")
-            w.raw(str(wrong), masked=True)
-            w.raw(f",{k}\n")
-            out.append(wrong)
-        else:
-            w.line(f"{xs[i]}-{yd}-{borrow}={d},{k}")
-            out.append(d)
-        borrow = k
-    return out
-
-
-def _check_sub(w: _Writer, c_digits: list[int], y: int, expect: int) -> int | None:
-    """Check ``c - y == expect`` column by column; return the first bad column or None."""
+def _check(w: _Writer, op: str, c_digits: list[int], y: int, expect: int) -> int | None:
+    """Check ``c op y == expect`` column by column, each marked ``ok`` or ``bad``; return the first bad
+    column or None."""
     ys, es = _digits(y), _digits(expect)
-    borrow = 0
-    for i, cd in enumerate(c_digits):
-        yd = ys[i] if i < len(ys) else 0
-        s = cd - yd - borrow
-        d, k = s % 10, 1 if s < 0 else 0
-        ed = es[i] if i < len(es) else 0
-        ok = d == ed
-        w.line(f"{cd}-{yd}-{borrow}={d},{k} {'ok' if ok else 'bad'}")
-        if not ok:
-            return i
-        borrow = k
-    return None
-
-
-def _check_add(w: _Writer, c_digits: list[int], y: int, expect: int) -> int | None:
-    """Check ``c + y == expect`` column by column; return the first bad column or None."""
-    ys, es = _digits(y), _digits(expect)
-    carry = 0
-    for i in range(len(es)):
+    k = 0
+    for i in range(max(len(c_digits), len(es))):
         cd = c_digits[i] if i < len(c_digits) else 0
         yd = ys[i] if i < len(ys) else 0
-        s = cd + yd + carry
-        d, k = s % 10, s // 10
-        ok = d == es[i]
-        w.line(f"{cd}+{yd}+{carry}={d},{k} {'ok' if ok else 'bad'}")
+        d, passed = _column(op, cd, yd, k)
+        ok = d == (es[i] if i < len(es) else 0)
+        w.line(f"{cd}{op}{yd}{op}{k}={d},{passed} {'ok' if ok else 'bad'}")
         if not ok:
             return i
-        carry = k
+        k = passed
     return None
 
 
-def _checked_sum(w: _Writer, x: int, y: int, slip_roll: bool, rng: random.Random) -> int:
-    """``x+y`` in columns, read back, checked by ``result-y`` (a slip is caught and re-done)."""
+def _checked(w: _Writer, op: str, x: int, y: int, slip_roll: bool, rng: random.Random) -> None:
+    """``x op y`` (for ``-``, x >= y) in columns, read back, checked by the inverse operation
+    (``result-y`` for a sum, ``result+y`` for a difference); a slip is caught and re-done."""
     slip = rng.randrange(len(str(max(x, y)))) if slip_roll else None
-    digits = _add_columns(w, x, y, slip, rng)
+    digits = _columns(w, op, x, y, slip, rng)
+    inverse = "-" if op == "+" else "+"
     w.line(f"={_from_digits(digits)}")
-    w.line(f"check {_from_digits(digits)}-{y}")
-    bad = _check_sub(w, digits, y, x)
+    w.line(f"check {_from_digits(digits)}{inverse}{y}")
+    bad = _check(w, inverse, digits, y, x)
     if bad is not None:
-        low = x % 10**bad + y % 10**bad
-        xd, yd, carry = x // 10**bad % 10, y // 10**bad % 10, low // 10**bad
-        s = xd + yd + carry
-        w.line(f"redo {xd}+{yd}+{carry}={s % 10},{s // 10}")
-        digits[bad] = s % 10
+        xd, yd, k = x // 10**bad % 10, y // 10**bad % 10, _carried_into(op, x, y, bad)
+        digits[bad], passed = _column(op, xd, yd, k)
+        w.line(f"redo {xd}{op}{yd}{op}{k}={digits[bad]},{passed}")
         w.line(f"={_from_digits(digits)}")
-        w.line(f"check {_from_digits(digits)}-{y}")
-        _check_sub(w, digits, y, x)
+        w.line(f"check {_from_digits(digits)}{inverse}{y}")
+        _check(w, inverse, digits, y, x)
     w.line("checked")
-    return x + y
 
 
-def _checked_difference(w: _Writer, x: int, y: int, slip_roll: bool, rng: random.Random) -> int:
-    """``x-y`` (either order) in columns, bigger minus smaller, checked by adding back."""
+def _checked_difference(w: _Writer, x: int, y: int, slip_roll: bool, rng: random.Random) -> None:
+    """``x-y`` (either order): bigger minus smaller, checked, and negated when ``x < y``."""
     neg = x < y
     top, bot = (y, x) if neg else (x, y)
     w.line(f"{'neg' if neg else 'pos'} {top}-{bot}")
-    slip = rng.randrange(len(str(top))) if slip_roll else None
-    digits = _sub_columns(w, top, bot, slip, rng)
-    w.line(f"={_from_digits(digits)}")
-    w.line(f"check {_from_digits(digits)}+{bot}")
-    bad = _check_add(w, digits, bot, top)
-    if bad is not None:
-        low = top % 10**bad - bot % 10**bad
-        borrow = 1 if low < 0 else 0
-        xd, yd = top // 10**bad % 10, bot // 10**bad % 10
-        s = xd - yd - borrow
-        w.line(f"redo {xd}-{yd}-{borrow}={s % 10},{1 if s < 0 else 0}")
-        digits[bad] = s % 10
-        w.line(f"={_from_digits(digits)}")
-        w.line(f"check {_from_digits(digits)}+{bot}")
-        _check_add(w, digits, bot, top)
-    w.line("checked")
+    _checked(w, "-", top, bot, slip_roll, rng)
     if neg:
         w.line(f"=-{top - bot}")
-    return x - y
 
 
 def _factors(p: Problem) -> tuple[int, int]:
@@ -256,9 +214,9 @@ def _long_product(w: _Writer, p: Problem, slip_roll: bool, rng: random.Random) -
     for k, partial in enumerate(partials[1:], start=2):
         last = k == len(partials)
         if last:  # the last addition is checked (and may slip); the earlier ones are read back
-            _checked_sum(w, total, partial, slip_roll, rng)
+            _checked(w, "+", total, partial, slip_roll, rng)
         else:
-            digits = _add_columns(w, total, partial, None, rng)
+            digits = _columns(w, "+", total, partial, None, rng)
             w.line(f"={_from_digits(digits)}")
         total += partial
     if len(partials) == 1:
@@ -297,7 +255,7 @@ def long_trace(p: Problem, rng: random.Random, slip_rate: float = 0.0) -> Trace:
         if form:
             w.line(form.rewrite)
         if op == "+":
-            _checked_sum(w, x, y, slip_roll, rng)
+            _checked(w, "+", x, y, slip_roll, rng)
         else:
             _checked_difference(w, x, y, slip_roll, rng)
         if form and form.negate and p.result:

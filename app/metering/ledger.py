@@ -63,7 +63,7 @@ class Outcome:
     finish_reason: str | None = None
     error: str | None = None
     ttft_ms: float | None = None
-    mode: str | None = None  # the mode that answered, when it is not the one the record was opened in
+    mode: str | None = None  # the mode that answered (None: the one the record was opened in)
 
 
 class Unsettled(NamedTuple):

@@ -320,7 +320,7 @@ class Completion:
                 finish_reason=run.finish_reason(),
                 error=self.error,
                 ttft_ms=run.ttft_ms,
-                mode=decision.mode if decision.mode != self.prepared.decision.mode else None,
+                mode=decision.mode,  # the answering one (auto mode's escalation may differ from the open's)
             )
             await gateway.ledger.settle(self.handle, outcome, response_json=stored, limiter=gateway.limiter)
         gateway.metrics.in_flight.dec()

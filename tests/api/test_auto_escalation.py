@@ -128,8 +128,7 @@ def test_an_unsure_short_answer_is_escalated_in_one_usage_record(
     reason = "auto: arithmetic expression; escalated: short answer confidence -2.50 < -1"
     assert (reply["reasoning_mode"], reply["reasoning_mode_reason"]) == ("long", reason)
     assert response.headers["x-reasoning-mode-reason"] == reason
-    (row,) = usage_records(gateway.database_url, "id = ?", (reply["id"],))
-    row = dict(row)
+    row = record(gateway, reply["id"])
     # Both attempts, as the engine counted them: two prompts, the short answer (4), the long
     # attempt's reasoning (5) and answer (4).
     assert (row["prompt_tokens"], row["reasoning_tokens"], row["answer_tokens"]) == (2 * PROMPT_TOKENS, 5, 8)
