@@ -61,6 +61,10 @@ class Stage:
 # 5. Everything together: the language model learns to copy what the tower reads.
 # 6. The short-mode drill: short solutions on easy and hard problems, a third in conversations, in
 #    batches of half the usual token budget (twice the steps).
+# 7-9. Divisions in the new long trace (a step per dividend digit with the digits still to bring down,
+#    the subtraction in columns: training/traces.py), from the weights of stage 6: 6,000 text steps with
+#    nearly half the problems divisions, then the joint and drill stages again (joint at half the rate:
+#    it cost hard text accuracy the first time).
 # The long2short stages (training/long2short.py: l2s-rs, l2s-rl) are not in the recipe: short runs of
 # them moved nothing measurable (model card).
 # Conversations and tool prompts are long (a tools block is ~300 tokens) and teach little until the
@@ -79,6 +83,15 @@ DEFAULT = (
     ),
     Stage(2.5, 2e-3, "vision", normalised=True),
     Stage(10.0, 4e-4, "joint", normalised=True),
+    Stage(8.0, 3e-4, "drill", normalised=True, train={"drill_tokens": 12 * 256, "drill_rate": 0.5}),
+    Stage(
+        35.0,
+        4e-4,
+        normalised=True,
+        images=False,
+        train={"batch": 12, "steps": 6000, "hard_rate": 0.4, "division_rate": 0.3, **LONG_PROMPTS},
+    ),
+    Stage(10.0, 2e-4, "joint", normalised=True),
     Stage(8.0, 3e-4, "drill", normalised=True, train={"drill_tokens": 12 * 256, "drill_rate": 0.5}),
 )
 RECIPES = {"default": DEFAULT}

@@ -61,6 +61,7 @@ def make_example(
     conversation_rate: float = 0.0,
     tools_rate: float = 0.0,
     hard_rate: float = 0.0,
+    division_rate: float = 0.0,
     exclude: frozenset[pb.Problem] = frozenset(),
     families: tuple[str, ...] = TRAIN_FAMILIES,
 ) -> Example:
@@ -69,7 +70,8 @@ def make_example(
     ``short_image_rate``: image share for short mode (reading is learned in long mode, where the problem
     is restated); ``conversation_rate``: share with 1-3 earlier turns; ``tools_rate``: share offering
     tools (mostly the calculator); ``hard_rate``: share of the other problems drawn from the hard split
-    (the largest sizes, learned last); ``exclude``: held-out evaluation problems never trained on;
+    (the largest sizes, learned last); ``division_rate``: share of the problems that are divisions
+    (besides the quarter the uniform draw gives); ``exclude``: held-out evaluation problems never trained on;
     ``families``: the font families images are drawn in (render.py)."""
     long = rng.random() < long_rate
     system = rng.choice(SYSTEM_PROMPTS) if rng.random() < 0.05 else None
@@ -81,9 +83,10 @@ def make_example(
         split = "easy"
     elif split == "train" and hard_rate > 0 and rng.random() < hard_rate:
         split = "hard"
-    p = pb.sample_problem(rng, split)
+    op = "/" if division_rate > 0 and rng.random() < division_rate else None
+    p = pb.sample_problem(rng, split, op)
     while p in exclude:
-        p = pb.sample_problem(rng, split)
+        p = pb.sample_problem(rng, split, op)
     ex = Example(
         p, long, pb.text_prompt(p, rng), system=system, slip_rate=slip_rate, history=history, tools=tools
     )

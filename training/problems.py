@@ -131,11 +131,11 @@ def _product(rng: random.Random, top: int, bottom: int) -> Problem:
     return Problem(a, "*", b) if rng.random() < 0.7 else Problem(b, "*", a)
 
 
-def sample_problem(rng: random.Random, split: str = "train") -> Problem:
+def sample_problem(rng: random.Random, split: str = "train", op: str | None = None) -> Problem:
     """``train`` mixes all sizes (weighted to the long ones); ``easy``/``hard`` are the eval splits:
     easy has operands of at most 2 digits (a division: 2 digits by 1); hard is 8-digit sums and
-    differences, 4 × 3-digit products, 6 ÷ 2-digit divisions."""
-    op = rng.choice(OPS)
+    differences, 4 × 3-digit products, 6 ÷ 2-digit divisions. ``op``: this operation (default: any)."""
+    op = op or rng.choice(OPS)
     if split == "easy":
         if op == "/":
             return Problem(_rand_digits(rng, 2), op, rng.randint(1, 9))

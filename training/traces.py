@@ -9,8 +9,11 @@ order, and a column-wise check (the inverse operation) marks each column ``ok`` 
 contain a deliberate slip in one column: the check catches it, the column is re-done and the result
 re-checked. The slipped digit is excluded from the loss (``Trace.masked_spans``) so the model learns to
 catch slips without learning to make them. A product writes one partial product per digit of the
-shorter factor and adds them up; a division writes the divisor's multiples table, then one line per
-dividend digit (``current quotient-digit multiple remainder``).
+shorter factor and adds them up; a division writes the divisor's multiples table, then one step per
+dividend digit: the current number with the digits still to bring down, the quotient digit, and its
+multiple subtracted in columns (the second generation's first traces wrote ``current q multiple
+remainder`` on one line: 14 % of hard divisions right, the errors in the one-line subtraction and in
+the digit brought down).
 
 Short mode: a short solution, the long trace's essential lines and nothing else: the restatement, the
 rewrite over non-negative numbers, and the result's columns as ``digit,carry`` pairs (a product's partial
@@ -239,9 +242,20 @@ def division_steps(p: Problem) -> list[tuple[int, int, int, int]]:
 
 
 def _long_division(w: _Writer, p: Problem) -> None:
+    """The multiples table, then one step per dividend digit: ``current|rest qQ`` (the digits still to
+    bring down after ``|``, so the next one is read off the line above, not counted out of the
+    dividend), and when the quotient digit is not 0 its multiple and the subtraction in columns, read
+    back as ``rR``."""
     w.line("t " + " ".join(str(m) for m in multiples(p.b)))
-    for current, q, multiple, rem in division_steps(p):
-        w.line(f"{current} {q} {multiple} {rem}")
+    dividend = str(p.a)
+    for i, (current, q, multiple, rem) in enumerate(division_steps(p)):
+        head = f"{current}|{dividend[i + 1 :]} q{q}"
+        if q == 0:
+            w.line(head)
+            continue
+        w.line(f"{head} {multiple}")
+        _columns(w, "-", current, multiple, None, random.Random(0))
+        w.line(f"r{rem}")
     w.line(f"={p.result} r{p.remainder}")
 
 

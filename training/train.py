@@ -59,6 +59,7 @@ class TrainSettings:
     tools_rate: float = 0.15  # examples offering tools (the calculator, mostly)
     ood_rate: float = 0.08  # out-of-domain prompts (the fixed refusal)
     hard_rate: float = 0.0  # problems drawn from the hard split (the largest sizes) instead of all sizes
+    division_rate: float = 0.0  # problems that are divisions, besides the uniform draw's quarter
     pool: int = 8  # batches generated at once, then sorted by length to cut padding
     bf16: bool = True  # autocast matmuls to bfloat16 (about 1.5x faster on CPU)
     # What a stage trains. "mixed": the language model's loss on both modes and both input kinds.
@@ -117,6 +118,7 @@ def batches(
                     tools_rate=s.tools_rate,
                     ood_rate=s.ood_rate,
                     hard_rate=s.hard_rate,
+                    division_rate=s.division_rate,
                     exclude=exclude,
                 )
             ids, w = E.encode(ex, tok, rng)

@@ -51,10 +51,10 @@ FLOORS: dict[bool, tuple[dict[tuple[str, str, str], float], float, float]] = {
         0.7,
         0.5,
     ),
-    True: (  # card: long/text/hard 72.5 %, long/image/hard 65 %, short/text/easy 97.5 %, short hard 22.5 %
-        {("long", "text", "hard"): 0.5, ("long", "image", "hard"): 0.4, ("short", "text", "easy"): 0.85},
-        0.5,
-        0.2,
+    True: (  # card: long/text/hard 85 %, long/image/hard 82.5 %, short/text/easy 100 %, short hard 32.5 %
+        {("long", "text", "hard"): 0.65, ("long", "image", "hard"): 0.5, ("short", "text", "easy"): 0.9},
+        0.65,
+        0.3,
     ),
 }
 MIN_PASS, MIN_LONG_HARD, MIN_LONG_OVER_SHORT = FLOORS[SECOND_GENERATION]
@@ -153,19 +153,11 @@ def test_out_of_domain_chat_gets_the_fixed_reply(client: httpx.Client, mode: str
     assert content.strip().startswith("I can only solve integer arithmetic")  # both generations' reply
 
 
-# The shipped second generation's one known miss among these (model card, Limits): short mode sums a
-# 9-digit number instead of refusing it. Strict: it fails loudly once a model refuses it.
-NINE_DIGITS_SHORT = ("What is 123456789 + 1?", "short")
-SHORT_NINE_DIGITS = pytest.mark.xfail(
-    SECOND_GENERATION, reason="short mode answers a sum just past eight digits", strict=True
-)
-
-
 @second_generation
 @pytest.mark.parametrize(
     ("prompt", "mode"),
     [
-        pytest.param(prompt, mode, marks=SHORT_NINE_DIGITS if (prompt, mode) == NINE_DIGITS_SHORT else ())
+        (prompt, mode)
         for prompt in (
             "Hello! Who are you?",
             "What is 123456789 + 1?",

@@ -5,6 +5,7 @@ problems."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 import re
@@ -66,15 +67,34 @@ def test_a_product_shows_one_partial_product_per_digit_and_checks_the_last_sum()
     assert trace.answer == "The answer is 1807875."
 
 
-def test_a_division_writes_its_multiples_and_one_line_per_digit() -> None:
+def test_a_division_writes_its_multiples_then_a_step_per_digit_with_the_subtraction_in_columns() -> None:
     trace = tr.long_trace(pb.Problem(98765, "/", 43), random.Random(0))
     lines = trace.thinking.splitlines()
     assert lines[:2] == ["98765/43", "t 43 86 129 172 215 258 301 344 387"]
-    for line in lines[2:-1]:
-        current, q, multiple, rem = map(int, line.split())
-        assert multiple == 43 * q and rem == current - multiple and 0 <= rem < 43
     assert lines[-1] == "=2296 r37"
     assert trace.answer == "The answer is 2296 remainder 37."
+    steps = [line for line in lines if "|" in line]
+    assert len(steps) == 5  # one per dividend digit
+    rest, rem, quotient = "98765", 0, ""
+    for i, line in enumerate(lines):
+        if "|" not in line:
+            continue
+        head, q_and_multiple = line.split(" q")
+        current, left = head.split("|")
+        # the digit brought down is the first of the line above's rest, the rest is what is left
+        assert int(current) == rem * 10 + int(rest[0]) and left == rest[1:]
+        q, *multiple = q_and_multiple.split()
+        quotient += q
+        rest, rem = left, int(current)
+        if q == "0":
+            assert not multiple
+            continue
+        assert int(multiple[0]) == 43 * int(q)
+        columns = list(itertools.takewhile(lambda s: not s.startswith("r"), lines[i + 1 :]))
+        assert len(columns) == len(current)  # the subtraction column by column, LSB first
+        rem = int(current) - int(multiple[0])
+        assert lines[i + 1 + len(columns)] == f"r{rem}" and 0 <= rem < 43
+    assert int(quotient) == 2296 and rem == 37
 
 
 @pytest.mark.parametrize(
@@ -258,3 +278,14 @@ def test_a_hard_rate_draws_that_share_of_problems_from_the_hard_split() -> None:
     assert 0.1 < base < 0.4
     assert _hard_share(1.0) == 1.0
     assert abs(_hard_share(0.4) - (0.4 + 0.6 * base)) < 0.04
+
+
+def test_a_division_rate_makes_that_share_of_problems_divisions_besides_the_uniform_draw() -> None:
+    def share(division_rate: float) -> float:
+        rng = random.Random(13)
+        drawn = [E.make_example(rng, ood_rate=0.0, division_rate=division_rate) for _ in range(2000)]
+        return sum(ex.problem is not None and ex.problem.op == "/" for ex in drawn) / len(drawn)
+
+    assert abs(share(0.0) - 0.25) < 0.03
+    assert share(1.0) == 1.0
+    assert abs(share(0.3) - (0.3 + 0.7 * 0.25)) < 0.03
