@@ -65,6 +65,9 @@ class Stage:
 #    the subtraction in columns: training/traces.py), from the weights of stage 6: 6,000 text steps with
 #    nearly half the problems divisions, then the joint and drill stages again (joint at half the rate:
 #    it cost hard text accuracy the first time).
+# 10. Divisions that catch a quotient digit one off (training/traces.py: `over`, `rR big`, the step
+#    re-done), with images, so that no joint or drill stage has to follow: 3,000 steps.
+# 11. More of it at a lower rate and half the problems hard-sized (stage 10 was still climbing).
 # The long2short stages (training/long2short.py: l2s-rs, l2s-rl) are not in the recipe: short runs of
 # them moved nothing measurable (model card).
 # Conversations and tool prompts are long (a tools block is ~300 tokens) and teach little until the
@@ -93,6 +96,18 @@ DEFAULT = (
     ),
     Stage(10.0, 2e-4, "joint", normalised=True),
     Stage(8.0, 3e-4, "drill", normalised=True, train={"drill_tokens": 12 * 256, "drill_rate": 0.5}),
+    Stage(
+        35.0,
+        3e-4,
+        normalised=True,
+        train={"batch": 12, "steps": 3000, "hard_rate": 0.4, "division_rate": 0.3, **LONG_PROMPTS},
+    ),
+    Stage(
+        30.0,
+        2e-4,
+        normalised=True,
+        train={"batch": 12, "steps": 2400, "hard_rate": 0.5, "division_rate": 0.2, **LONG_PROMPTS},
+    ),
 )
 RECIPES = {"default": DEFAULT}
 DEFAULT_RECIPE = "default"

@@ -116,13 +116,14 @@ def _carried_into(op: str, x: int, y: int, i: int) -> int:
 
 
 def _columns(w: _Writer, op: str, x: int, y: int, slip: int | None, rng: random.Random) -> list[int]:
-    """Write ``x op y`` (for ``-``, x >= y) column by column, ``x op y op k=d,k'``; return the written
-    digits (LSB first; the ``slip`` column's digit wrong, and left out of the loss)."""
+    """Write ``x op y`` column by column, ``x op y op k=d,k'``; return the written digits (LSB first;
+    the ``slip`` column's digit wrong, and left out of the loss). A difference ``x - y`` with x < y
+    stops at its last column, whose borrow of 1 shows it went below zero."""
     xs, ys = _digits(x), _digits(y)
     n = max(len(xs), len(ys))
     k, out = 0, []
     for i in range(n + 1):
-        if i == n and k == 0:
+        if i == n and (k == 0 or op == "-"):
             break
         xd = xs[i] if i < len(xs) else 0
         yd = ys[i] if i < len(ys) else 0
@@ -241,28 +242,46 @@ def division_steps(p: Problem) -> list[tuple[int, int, int, int]]:
     return steps
 
 
-def _long_division(w: _Writer, p: Problem) -> None:
+def _long_division(w: _Writer, p: Problem, slip_roll: bool, rng: random.Random) -> None:
     """The multiples table, then one step per dividend digit: ``current|rest qQ`` (the digits still to
     bring down after ``|``, so the next one is read off the line above, not counted out of the
     dividend), and when the quotient digit is not 0 its multiple and the subtraction in columns, read
-    back as ``rR``."""
+    back as ``rR``. With a slip, one step first takes a quotient digit one off (see `_wrong_quotient`)."""
     w.line("t " + " ".join(str(m) for m in multiples(p.b)))
-    dividend = str(p.a)
-    for i, (current, q, multiple, rem) in enumerate(division_steps(p)):
-        head = f"{current}|{dividend[i + 1 :]} q{q}"
+    dividend, steps = str(p.a), division_steps(p)
+    nonzero = [i for i, (_, q, _, _) in enumerate(steps) if q]
+    slipped = rng.choice(nonzero) if slip_roll and nonzero else None
+    for i, (current, q, multiple, rem) in enumerate(steps):
+        head = f"{current}|{dividend[i + 1 :]} "
         if q == 0:
-            w.line(head)
+            w.line(f"{head}q0")
             continue
-        w.line(f"{head} {multiple}")
-        _columns(w, "-", current, multiple, None, random.Random(0))
+        if i == slipped:
+            _wrong_quotient(w, head, current, q, p.b, rng)
+            head = ""
+        w.line(f"{head}q{q} {multiple}")
+        _columns(w, "-", current, multiple, None, rng)
         w.line(f"r{rem}")
     w.line(f"={p.result} r{p.remainder}")
+
+
+def _wrong_quotient(w: _Writer, head: str, current: int, q: int, divisor: int, rng: random.Random) -> None:
+    """A quotient digit one off (left out of the loss), and how the step shows it: one too big, the
+    subtraction borrows out of its last column (``over``); one too small, the remainder is not below
+    the divisor (``rR big``). The step is then re-done from its quotient digit."""
+    wrong = q + 1 if q == 1 or (q < 9 and rng.random() < 0.5) else q - 1
+    w.raw(head + "q")
+    w.raw(str(wrong), masked=True)
+    w.line(f" {wrong * divisor}")
+    _columns(w, "-", current, wrong * divisor, None, rng)
+    w.line("over" if wrong > q else f"r{current - wrong * divisor} big")
 
 
 def long_trace(p: Problem, rng: random.Random, slip_rate: float = 0.0) -> Trace:
     w = _Writer()
     w.line(p.compact)
-    slip_roll = rng.random() < slip_rate
+    # A division has a quotient digit to choose per dividend digit: three times the slips.
+    slip_roll = rng.random() < slip_rate * (3 if p.op == "/" else 1)
     if p.op in "+-":
         form = signed_form(p)
         x, op, y = (form.x, form.op, form.y) if form else (p.a, p.op, p.b)
@@ -277,7 +296,7 @@ def long_trace(p: Problem, rng: random.Random, slip_rate: float = 0.0) -> Trace:
     elif p.op == "*":
         _long_product(w, p, slip_roll, rng)
     else:
-        _long_division(w, p)
+        _long_division(w, p, slip_roll, rng)
     return Trace(thinking=w.text, answer=answer_text(p), masked_spans=w.masked)
 
 

@@ -59,6 +59,35 @@ def test_a_slip_is_caught_by_the_check_redone_and_masked() -> None:
     assert caught == 500  # every slipped digit changes the result, so every slip must be caught
 
 
+def test_a_division_slip_takes_a_quotient_digit_one_off_shows_it_and_redoes_the_step() -> None:
+    rng = random.Random(6)
+    seen = {"over": 0, "big": 0}
+    for _ in range(400):
+        p = pb.sample_problem(rng, "hard", "/")
+        trace = tr.long_trace(p, rng, slip_rate=1.0)
+        lines = trace.thinking.splitlines()
+        assert lines[-1] == f"={p.result} r{p.remainder}"
+        if not any(q for _, q, _, _ in tr.division_steps(p)):
+            continue
+        ((start, end),) = trace.masked_spans  # the wrong quotient digit alone, out of the loss
+        wrong = int(trace.thinking[start:end])
+        i = trace.thinking[:start].count("\n")  # its line: `current|rest qW multiple`
+        current = int(lines[i].split("|")[0])
+        assert int(lines[i].split()[-1]) == wrong * p.b
+        columns = list(itertools.takewhile(lambda s: "=" in s, lines[i + 1 :]))
+        verdict = lines[i + 1 + len(columns)]
+        if wrong * p.b > current:  # one too big: the subtraction's last column borrows, `over`
+            assert columns[-1].endswith(",1") and verdict == "over"
+            seen["over"] += 1
+            right = wrong - 1
+        else:  # one too small: the remainder is not below the divisor
+            assert verdict == f"r{current - wrong * p.b} big" and current - wrong * p.b >= p.b
+            seen["big"] += 1
+            right = wrong + 1
+        assert lines[i + 2 + len(columns)] == f"q{right} {right * p.b}"  # re-done from its digit
+    assert seen["over"] > 100 and seen["big"] > 100
+
+
 def test_a_product_shows_one_partial_product_per_digit_and_checks_the_last_sum() -> None:
     trace = tr.long_trace(pb.Problem(4821, "*", 375), random.Random(0))
     assert "p1=24105" in trace.thinking and "p2=337470" in trace.thinking and "p3=1446300" in trace.thinking
