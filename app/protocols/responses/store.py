@@ -101,12 +101,14 @@ class ResponseStore:
         else:
             await run_one(self.engine, op)
 
-    async def _row(self, response_id: str, key_id: str, param: str | None) -> Any:
+    async def _stored(self, response_id: str, key_id: str, column: str, param: str | None) -> Any:
+        """One stored JSON column of a response of this key (`response_json`, `history_json` or
+        `input_json`: only the one asked for is read, the others may hold images)."""
         _check_id(response_id, param)
         async with self.engine.connect() as conn:
             result = await conn.execute(
                 text(
-                    "SELECT response_json, history_json, input_json FROM stored_responses "
+                    f"SELECT {column} FROM stored_responses "
                     "WHERE id = :id AND key_id = :key_id AND expires_at >= :now"
                 ),
                 {"id": response_id, "key_id": key_id, "now": time.time()},
@@ -114,21 +116,19 @@ class ResponseStore:
             row = result.fetchone()
         if row is None:
             raise _not_found(response_id, param)
-        return row
+        return orjson.loads(row[0]) if row[0] else None
 
     async def response(self, response_id: str, key_id: str) -> dict[str, Any]:
-        row = await self._row(response_id, key_id, None)
-        stored: dict[str, Any] = orjson.loads(row[0])
+        stored: dict[str, Any] = await self._stored(response_id, key_id, "response_json", None)
         return stored
 
     async def history(self, response_id: str, key_id: str) -> list[Message]:
-        row = await self._row(response_id, key_id, HISTORY_PARAM)
-        return [_load(m) for m in orjson.loads(row[1])]
+        return [_load(m) for m in await self._stored(response_id, key_id, "history_json", HISTORY_PARAM)]
 
     async def input_items(self, response_id: str, key_id: str) -> list[dict[str, Any]]:
-        """The input items of the response's request, in the order they were sent."""
-        row = await self._row(response_id, key_id, None)
-        items: list[dict[str, Any]] = orjson.loads(row[2]) if row[2] else []
+        """The input items of the response's request, in the order they were sent (none stored for a
+        response from before migration 0006)."""
+        items: list[dict[str, Any]] = await self._stored(response_id, key_id, "input_json", None) or []
         return items
 
     async def delete(self, response_id: str, key_id: str) -> None:
